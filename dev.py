@@ -1,0 +1,83 @@
+"""One entry point for the README's quick start: it builds its own environment first.
+
+    python3 dev.py serve     run the example service on 127.0.0.1:8000 (embedded, memory stores)
+    python3 dev.py test      lint, type-check and run the whole test suite
+    python3 dev.py bench     run the benchmarks (they install the peers they compare with)
+
+Only the standard library is used here, so it works on a fresh machine with Python 3.11+.
+The environment lives in `.venv/` and is rebuilt only when the dependency files change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".bastion-deps"
+DEPENDENCY_FILES = ("pyproject.toml", "requirements-dev.txt")
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for name in DEPENDENCY_FILES:
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself runs on any python3
+        sys.exit(f"bastion needs Python 3.11 or newer, this is {sys.version.split()[0]}")
+    if not _bin("python").exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    digest = _digest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    print("dev.py: installing dependencies", flush=True)
+    pip = [str(_bin("python")), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+    subprocess.run(
+        [
+            *pip,
+            "install",
+            "-e",
+            ".[all]",
+            "-e",
+            "examples/reference_service",
+            "-r",
+            "requirements-dev.txt",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    STAMP.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    command, *rest = argv or ["help"]
+    if command not in {"serve", "test", "bench"}:
+        print(__doc__)
+        return 0 if command in {"help", "-h", "--help"} else 2
+    ensure_environment()
+    if command == "serve":
+        args = [str(_bin("bastion-service")), "serve", *rest]
+    else:
+        sessions = ["lint", "typecheck", "tests"] if command == "test" else ["bench"]
+        args = [str(_bin("nox")), "--no-venv", "-s", *sessions, *(["--", *rest] if rest else [])]
+    env = {**os.environ, "VIRTUAL_ENV": str(VENV)}
+    env["PATH"] = os.pathsep.join([str(_bin("python").parent), env.get("PATH", "")])
+    return subprocess.call(args, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

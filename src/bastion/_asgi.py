@@ -1,0 +1,104 @@
+"""ASGI plumbing shared by the middleware: headers, body buffering, problem+json answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bastion.typing import Message, Receive, Scope, Send
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "BodyTooLarge",
+    "ClientDisconnected",
+    "header",
+    "read_body",
+    "replay_receive",
+    "send_problem",
+]
+
+PROBLEM_CONTENT_TYPE = b"application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:bastion:problem:"
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeded the buffering limit."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request body was complete."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header (``name`` in lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """Buffer the whole request body, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def replay_receive(body: bytes, receive: Receive) -> Receive:
+    """A receive callable that hands the buffered body over once, then defers to ``receive``."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def send_problem(
+    send: Send,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Answer with an RFC 9457 ``application/problem+json`` body."""
+    problem: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if extra:
+        problem.update(extra)
+    body = json.dumps(problem, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

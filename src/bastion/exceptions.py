@@ -1,0 +1,37 @@
+"""Every error bastion raises on purpose.
+
+    BastionError
+    ├── ConfigurationError   bad settings or a missing optional extra, raised at start-up
+    └── StoreError           a store backend failed (timeout, lost connection, bad reply)
+        └── StoreUnavailable the backend could not be reached at all
+
+Middleware map `StoreError` to the configured fail-open or fail-closed behaviour; they never
+let it escape as an unhandled 500.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BastionError", "ConfigurationError", "StoreError", "StoreUnavailable"]
+
+
+class BastionError(Exception):
+    """Root of bastion's own errors, so callers can catch all of them at once."""
+
+
+class ConfigurationError(BastionError):
+    """Settings that cannot work, or an optional extra that is not installed."""
+
+
+class StoreError(BastionError):
+    """A store backend failed; the original exception is chained as ``__cause__``."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend could not be reached (connection refused, timed out, reset)."""
+
+
+def missing_extra(extra: str, module: str) -> ConfigurationError:
+    """The error for an optional dependency that is not installed."""
+    return ConfigurationError(
+        f"{module!r} is not installed: install it with `pip install 'bastion[{extra}]'`"
+    )

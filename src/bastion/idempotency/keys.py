@@ -1,0 +1,71 @@
+"""Reading the ``Idempotency-Key`` header and scoping it to a principal."""
+
+from __future__ import annotations
+
+import hashlib
+
+from bastion._asgi import header
+from bastion.typing import Scope
+
+__all__ = ["InvalidKey", "default_principal", "parse_key", "scoped_key"]
+
+
+class InvalidKey(ValueError):
+    """The header value cannot be used as a key; the message says why."""
+
+
+def parse_key(raw: bytes, max_length: int) -> str:
+    """The key in a header value, bare (``abc``) or a Structured Field string (``"abc"``).
+
+    Both spellings name the same key. Only printable ASCII is accepted, as RFC 8941 allows
+    in a string, so a key can never smuggle control characters into logs or store keys.
+    """
+    value = raw.strip(b" \t")
+    if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+        value = _unquote(value[1:-1])
+    if not value:
+        raise InvalidKey("the Idempotency-Key header is empty")
+    if len(value) > max_length:
+        raise InvalidKey(f"the Idempotency-Key is longer than {max_length} characters")
+    if any(byte < 0x20 or byte > 0x7E for byte in value):
+        raise InvalidKey("the Idempotency-Key may only contain printable ASCII characters")
+    return value.decode("ascii")
+
+
+def _unquote(inner: bytes) -> bytes:
+    out = bytearray()
+    escaped = False
+    for byte in inner:
+        if escaped:
+            if byte not in b'"\\':
+                raise InvalidKey("the Idempotency-Key string has an invalid escape")
+            out.append(byte)
+            escaped = False
+        elif byte == 0x5C:
+            escaped = True
+        elif byte == 0x22:
+            raise InvalidKey("the Idempotency-Key string has an unescaped quote")
+        else:
+            out.append(byte)
+    if escaped:
+        raise InvalidKey("the Idempotency-Key string ends in a lone backslash")
+    return bytes(out)
+
+
+def default_principal(scope: Scope) -> str:
+    """The caller's credentials if it sent any, else its network address.
+
+    Credentials are hashed before they become part of a store key. Behind a proxy the address
+    is the proxy's: pass a principal extractor that knows your authentication instead.
+    """
+    credential = header(scope, b"authorization") or header(scope, b"x-api-key")
+    if credential:
+        return "cred:" + hashlib.blake2b(credential, digest_size=16).hexdigest()
+    client = scope.get("client")
+    return f"addr:{client[0]}" if client else "anonymous"
+
+
+def scoped_key(principal: str, key: str) -> str:
+    """The store key: one tenant can never reach another tenant's record with the same key."""
+    material = f"{principal}\x00{key}".encode()
+    return hashlib.blake2b(material, digest_size=20).hexdigest()

@@ -1,0 +1,330 @@
+"""`IdempotencyMiddleware`: a request carrying an ``Idempotency-Key`` runs at most once."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+from fnmatch import translate
+
+import anyio
+
+from bastion._asgi import (
+    BodyTooLarge,
+    ClientDisconnected,
+    header,
+    read_body,
+    replay_receive,
+    send_problem,
+)
+from bastion.exceptions import ConfigurationError, StoreError
+from bastion.idempotency.fingerprint import fingerprint
+from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
+from bastion.idempotency.records import StoredResponse
+from bastion.observe import NULL_OBSERVER, Observer, timed
+from bastion.settings import IdempotencySettings
+from bastion.stores.protocols import Claim, IdempotencyStore
+from bastion.typing import ASGIApp, Message, PrincipalExtractor, Receive, Scope, Send
+
+__all__ = ["IdempotencyMiddleware"]
+
+logger = logging.getLogger("bastion.idempotency")
+
+REPLAYED_HEADER = (b"idempotent-replayed", b"true")
+_WAIT_FIRST_POLL = 0.01
+_WAIT_MAX_POLL = 0.25
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns))
+
+
+class _Capture:
+    """Wraps ``send`` to keep a copy of the response while it streams to the client."""
+
+    __slots__ = ("body", "complete", "headers", "limit", "overflow", "send", "status")
+
+    def __init__(self, send: Send, limit: int) -> None:
+        self.send = send
+        self.limit = limit
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.overflow = False
+        self.complete = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", ()))
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if not self.overflow:
+                if len(self.body) + len(chunk) > self.limit:
+                    self.overflow = True
+                    self.body.clear()
+                else:
+                    self.body += chunk
+            if not message.get("more_body", False):
+                self.complete = True
+        await self.send(message)
+
+
+class IdempotencyMiddleware:
+    """Stores the first response to each key and replays it to every retry.
+
+    The first request takes a lease on its key; duplicates that arrive while it runs get 409
+    (or wait, with ``settings.wait``); the same key with another body or route gets 422. The
+    handler's response is stored unless it is a server error, too large, or the handler raised,
+    in which case the key is released so a retry runs again.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: IdempotencyStore,
+        settings: IdempotencySettings | None = None,
+        principal: PrincipalExtractor = default_principal,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
+        if not isinstance(store, IdempotencyStore):
+            raise ConfigurationError(
+                f"{type(store).__name__} does not implement the idempotency store protocol"
+            )
+        self.app = app
+        self.store = store
+        self.settings = settings = settings or IdempotencySettings()
+        self.principal = principal
+        self.observer = observer
+        self._header = settings.header_name.lower().encode("latin-1")
+        self._include = None if settings.include == ("*",) else _compile(settings.include)
+        self._exclude = _compile(settings.exclude)
+        self._require = _compile(settings.require_key)
+        self._lease_ms = int(settings.lease_seconds * 1000)
+        self._ttl_ms = int(settings.ttl_seconds * 1000)
+        self._backend = store.backend
+
+    def _applies(self, path: str) -> bool:
+        if self._include is not None and not self._include.match(path):
+            return False
+        return self._exclude is None or not self._exclude.match(path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in self.settings.methods
+            or not self._applies(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        raw_key = header(scope, self._header)
+        if raw_key is None:
+            if self._require is not None and self._require.match(scope["path"]):
+                self.observer.idempotency(scope, "missing_key")
+                await send_problem(
+                    send,
+                    400,
+                    "idempotency-key-missing",
+                    "Idempotency-Key required",
+                    f"This endpoint requires an {self.settings.header_name} header.",
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = parse_key(raw_key, self.settings.max_key_length)
+        except InvalidKey as exc:
+            self.observer.idempotency(scope, "invalid_key")
+            await send_problem(
+                send, 400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)
+            )
+            return
+        try:
+            body = await read_body(receive, self.settings.max_request_bytes)
+        except ClientDisconnected:
+            return
+        except BodyTooLarge:
+            await send_problem(
+                send,
+                413,
+                "request-too-large",
+                "Request body too large",
+                f"Idempotent requests are limited to {self.settings.max_request_bytes} bytes.",
+            )
+            return
+        await _Request(self, scope, key, body, send).run(replay_receive(body, receive))
+
+
+class _Request:
+    """The life of one keyed request: claim, then replay, refuse, or run and store."""
+
+    __slots__ = ("fingerprint", "key", "mw", "scope", "send", "token")
+
+    def __init__(
+        self, mw: IdempotencyMiddleware, scope: Scope, key: str, body: bytes, send: Send
+    ) -> None:
+        self.mw = mw
+        self.scope = scope
+        self.send = send
+        self.key = scoped_key(mw.principal(scope) or "", key)
+        self.fingerprint = fingerprint(
+            scope["method"], scope["path"], scope.get("query_string", b""), body
+        )
+        self.token = secrets.token_hex(16)
+
+    async def _claim(self) -> Claim:
+        mw = self.mw
+        return await timed(
+            mw.observer,
+            mw._backend,
+            "claim",
+            lambda: mw.store.claim(self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms),
+        )
+
+    async def run(self, receive: Receive) -> None:
+        mw, scope = self.mw, self.scope
+        try:
+            claim = await self._claim()
+            if not claim.acquired and claim.response is None and mw.settings.wait:
+                claim = await self._wait(claim)
+        except StoreError:
+            logger.warning("idempotency store failed on claim", exc_info=True)
+            mw.observer.idempotency(scope, "store_error")
+            if mw.settings.fail_open:
+                await mw.app(scope, receive, self.send)
+                return
+            await send_problem(
+                self.send,
+                503,
+                "store-unavailable",
+                "Idempotency store unavailable",
+                "The request was not run because its idempotency could not be guaranteed.",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
+        if claim.acquired:
+            await self._execute(receive)
+        elif claim.fingerprint != self.fingerprint:
+            mw.observer.idempotency(scope, "payload_mismatch")
+            await send_problem(
+                self.send,
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "This key was already used for a different request (method, path, query or body).",
+            )
+        elif claim.response is not None:
+            mw.observer.idempotency(scope, "replayed")
+            await self._replay(claim.response)
+        else:
+            mw.observer.idempotency(scope, "conflict_in_flight")
+            retry_after = max(1, math.ceil(claim.lease_remaining_ms / 1000))
+            await send_problem(
+                self.send,
+                409,
+                "idempotency-key-in-flight",
+                "Request in progress",
+                "A request with this key is still being processed; retry later.",
+                headers=[(b"retry-after", str(retry_after).encode())],
+            )
+
+    async def _wait(self, claim: Claim) -> Claim:
+        """Poll until the first request finishes, its lease ends, or the wait bound passes."""
+        delay = _WAIT_FIRST_POLL
+        with anyio.move_on_after(self.mw.settings.wait_timeout_seconds):
+            while not claim.acquired and claim.response is None:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _WAIT_MAX_POLL)
+                claim = await self._claim()
+        return claim
+
+    async def _replay(self, data: bytes) -> None:
+        response = StoredResponse.decode(data)
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [*response.headers, REPLAYED_HEADER],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+    async def _execute(self, receive: Receive) -> None:
+        mw = self.mw
+        capture = _Capture(self.send, mw.settings.max_response_bytes)
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_lease)
+                try:
+                    await mw.app(self.scope, receive, capture)
+                except Exception as exc:  # re-raised below, outside the task group's wrapping
+                    error = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            await self._finish(None)
+            raise
+        if error is not None:
+            await self._finish(None)
+            raise error
+        await self._finish(capture)
+
+    async def _renew_lease(self) -> None:
+        mw = self.mw
+        interval = mw._lease_ms / 3000
+        while True:
+            await anyio.sleep(interval)
+            try:
+                held = await timed(
+                    mw.observer,
+                    mw._backend,
+                    "renew",
+                    lambda: mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
+                )
+            except StoreError:
+                logger.warning("idempotency store failed to renew a lease", exc_info=True)
+                continue
+            if not held:
+                mw.observer.idempotency(self.scope, "lease_lost")
+                return
+
+    def _storable(self, capture: _Capture | None) -> bool:
+        if capture is None or not capture.complete or capture.overflow:
+            return False
+        status = capture.status
+        if status in self.mw.settings.release_statuses:
+            return False
+        return status < 500 or self.mw.settings.store_server_errors
+
+    async def _finish(self, capture: _Capture | None) -> None:
+        """Store the captured response, or release the key so a retry runs again."""
+        mw, scope = self.mw, self.scope
+        with anyio.CancelScope(shield=True):
+            try:
+                if capture is not None and self._storable(capture):
+                    data = StoredResponse.capture(
+                        capture.status, capture.headers, bytes(capture.body)
+                    ).encode()
+                    stored = await timed(
+                        mw.observer,
+                        mw._backend,
+                        "complete",
+                        lambda: mw.store.complete(self.key, self.token, data, ttl_ms=mw._ttl_ms),
+                    )
+                    mw.observer.idempotency(scope, "stored" if stored else "lease_lost")
+                else:
+                    await timed(
+                        mw.observer,
+                        mw._backend,
+                        "release",
+                        lambda: mw.store.release(self.key, self.token),
+                    )
+                    mw.observer.idempotency(scope, "released")
+            except StoreError:
+                logger.warning("idempotency store failed to finish a request", exc_info=True)
+                mw.observer.idempotency(scope, "store_error")

@@ -1,0 +1,100 @@
+"""The one hook interface through which middleware report their decisions.
+
+Middleware call an `Observer` and never import prometheus_client or opentelemetry themselves;
+`bastion.metrics` provides observers that turn these calls into metrics and span events. The
+default `NULL_OBSERVER` does nothing and costs one attribute lookup and call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
+from typing import Literal, Protocol, TypeVar
+
+from bastion.typing import Scope
+
+__all__ = [
+    "NULL_OBSERVER",
+    "IdempotencyOutcome",
+    "MultiObserver",
+    "NullObserver",
+    "Observer",
+    "RateLimitOutcome",
+    "timed",
+]
+
+IdempotencyOutcome = Literal[
+    "stored",
+    "replayed",
+    "conflict_in_flight",
+    "payload_mismatch",
+    "released",
+    "store_error",
+    "missing_key",
+    "invalid_key",
+    "lease_lost",
+]
+RateLimitOutcome = Literal["allowed", "limited", "store_error"]
+
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """Receives every decision; implementations must be cheap and must not raise."""
+
+    def idempotency(self, scope: Scope, outcome: IdempotencyOutcome) -> None: ...
+
+    def rate_limit(self, scope: Scope, tier: str, outcome: RateLimitOutcome) -> None: ...
+
+    def store_call(self, backend: str, operation: str, seconds: float, *, error: bool) -> None: ...
+
+
+class NullObserver:
+    """Ignores everything; the default."""
+
+    def idempotency(self, scope: Scope, outcome: IdempotencyOutcome) -> None:
+        return None
+
+    def rate_limit(self, scope: Scope, tier: str, outcome: RateLimitOutcome) -> None:
+        return None
+
+    def store_call(self, backend: str, operation: str, seconds: float, *, error: bool) -> None:
+        return None
+
+
+NULL_OBSERVER = NullObserver()
+
+
+class MultiObserver:
+    """Fans every call out to several observers (Prometheus and OpenTelemetry, say)."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self._observers = tuple(observers)
+
+    def idempotency(self, scope: Scope, outcome: IdempotencyOutcome) -> None:
+        for observer in self._observers:
+            observer.idempotency(scope, outcome)
+
+    def rate_limit(self, scope: Scope, tier: str, outcome: RateLimitOutcome) -> None:
+        for observer in self._observers:
+            observer.rate_limit(scope, tier, outcome)
+
+    def store_call(self, backend: str, operation: str, seconds: float, *, error: bool) -> None:
+        for observer in self._observers:
+            observer.store_call(backend, operation, seconds, error=error)
+
+
+async def timed(
+    observer: Observer, backend: str, operation: str, call: Callable[[], Awaitable[T]]
+) -> T:
+    """Await ``call()`` and report its latency, skipping the clock for the null observer."""
+    if observer is NULL_OBSERVER:
+        return await call()
+    start = perf_counter()
+    try:
+        result = await call()
+    except BaseException:
+        observer.store_call(backend, operation, perf_counter() - start, error=True)
+        raise
+    observer.store_call(backend, operation, perf_counter() - start, error=False)
+    return result

@@ -1,0 +1,198 @@
+"""The store contract, run unchanged against every backend in ``conftest.STORES``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from bastion.stores import Claim, IdempotencyStore, RateLimitHit, RateLimitStore
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+LEASE = 30_000
+TTL = 86_400_000
+
+
+async def test_implements_both_protocols(store: Any) -> None:
+    """Every backend is both an idempotency store and a rate-limit store."""
+    assert isinstance(store, IdempotencyStore)
+    assert isinstance(store, RateLimitStore)
+    assert isinstance(store.backend, str)
+    await store.ping()
+
+
+async def test_first_claim_acquires(store: Any) -> None:
+    """A free key is taken by the first claim."""
+    claim = await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    assert claim == Claim(acquired=True, fingerprint="fp")
+
+
+async def test_second_claim_sees_in_flight_record(store: Any) -> None:
+    """A claim on a held key returns the holder's fingerprint and remaining lease."""
+    await store.claim("k1", "fp-a", "t1", lease_ms=LEASE)
+    claim = await store.claim("k1", "fp-b", "t2", lease_ms=LEASE)
+    assert not claim.acquired
+    assert claim.fingerprint == "fp-a"
+    assert claim.response is None
+    assert 0 < claim.lease_remaining_ms <= LEASE
+
+
+async def test_complete_then_claim_returns_response(store: Any) -> None:
+    """After completion every claim returns the stored bytes and fingerprint unchanged."""
+    payload = bytes(range(256)) * 3 + b"\x00\n\r"
+    await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    assert await store.complete("k1", "t1", payload, ttl_ms=TTL) is True
+    claim = await store.claim("k1", "fp", "t2", lease_ms=LEASE)
+    assert claim.acquired is False
+    assert claim.fingerprint == "fp"
+    assert claim.response == payload
+
+
+async def test_complete_with_stale_token_is_refused(store: Any) -> None:
+    """Only the current lease holder may write the response (fencing)."""
+    await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    assert await store.complete("k1", "other", b"x", ttl_ms=TTL) is False
+    assert (await store.claim("k1", "fp", "t3", lease_ms=LEASE)).response is None
+
+
+async def test_expired_lease_is_taken_over_and_fences_old_holder(
+    store: Any, clock: FakeClock
+) -> None:
+    """A crashed holder's lease expires; the new holder's token wins, the old one is refused."""
+    await store.claim("k1", "fp", "old", lease_ms=1_000)
+    clock.advance(1.5)
+    assert (await store.claim("k1", "fp", "new", lease_ms=LEASE)).acquired
+    assert await store.complete("k1", "old", b"stale", ttl_ms=TTL) is False
+    assert await store.renew("k1", "old", lease_ms=LEASE) is False
+    assert await store.release("k1", "old") is False
+    assert await store.complete("k1", "new", b"fresh", ttl_ms=TTL) is True
+    assert (await store.claim("k1", "fp", "x", lease_ms=LEASE)).response == b"fresh"
+
+
+async def test_renew_extends_lease(store: Any, clock: FakeClock) -> None:
+    """A renewed lease outlives its first deadline."""
+    await store.claim("k1", "fp", "t1", lease_ms=1_000)
+    clock.advance(0.8)
+    assert await store.renew("k1", "t1", lease_ms=1_000) is True
+    clock.advance(0.8)
+    assert not (await store.claim("k1", "fp", "t2", lease_ms=LEASE)).acquired
+
+
+async def test_release_frees_key(store: Any) -> None:
+    """A released key can be claimed again at once."""
+    await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    assert await store.release("k1", "t1") is True
+    assert (await store.claim("k1", "fp2", "t2", lease_ms=LEASE)).acquired
+
+
+async def test_completed_record_cannot_be_released_or_renewed(store: Any) -> None:
+    """Once stored, a response stays until it expires."""
+    await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    await store.complete("k1", "t1", b"done", ttl_ms=TTL)
+    assert await store.release("k1", "t1") is False
+    assert await store.renew("k1", "t1", lease_ms=LEASE) is False
+    assert await store.complete("k1", "t1", b"again", ttl_ms=TTL) is False
+    assert (await store.claim("k1", "fp", "t2", lease_ms=LEASE)).response == b"done"
+
+
+async def test_completed_record_expires(store: Any, clock: FakeClock) -> None:
+    """A stored response is forgotten after its TTL and the key is free again."""
+    await store.claim("k1", "fp", "t1", lease_ms=LEASE)
+    await store.complete("k1", "t1", b"done", ttl_ms=2_000)
+    clock.advance(1.0)
+    assert (await store.claim("k1", "fp", "t2", lease_ms=LEASE)).response == b"done"
+    clock.advance(1.5)
+    assert (await store.claim("k1", "fp", "t3", lease_ms=LEASE)).acquired
+
+
+async def test_keys_are_independent(store: Any) -> None:
+    """Records of different keys never affect each other."""
+    await store.claim("a", "fp", "t1", lease_ms=LEASE)
+    assert (await store.claim("b", "fp", "t2", lease_ms=LEASE)).acquired
+
+
+async def test_concurrent_claims_have_one_winner(store: Any) -> None:
+    """Of many simultaneous claims on one key exactly one acquires it."""
+    results: list[bool] = []
+
+    async def one(i: int) -> None:
+        results.append((await store.claim("hot", "fp", f"t{i}", lease_ms=LEASE)).acquired)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert results.count(True) == 1
+
+
+# -- rate limits ----------------------------------------------------------------------------
+
+
+def _hit(
+    key: str, algorithm: str = "fixed_window", limit: int = 3, window_ms: int = 60_000
+) -> RateLimitHit:
+    return RateLimitHit(key=key, algorithm=algorithm, limit=limit, window_ms=window_ms)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "gcra"])
+async def test_limit_is_enforced(store: Any, algorithm: str) -> None:
+    """Exactly ``limit`` hits pass in a burst; the next is denied with a retry time."""
+    decisions = [(await store.hit([_hit("b", algorithm)]))[0] for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
+    assert decisions[3].retry_after_ms > 0
+    assert decisions[3].limit == 3
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "gcra"])
+async def test_quota_returns_after_retry_after(
+    store: Any, clock: FakeClock, algorithm: str
+) -> None:
+    """Waiting the advertised retry time is enough for the next hit to pass."""
+    for _ in range(3):
+        await store.hit([_hit("b", algorithm)])
+    denied = (await store.hit([_hit("b", algorithm)]))[0]
+    clock.advance(denied.retry_after_ms / 1000)
+    assert (await store.hit([_hit("b", algorithm)]))[0].allowed
+
+
+async def test_denied_request_charges_no_tier(store: Any) -> None:
+    """All-or-nothing: when one tier denies, the tiers that allowed are not charged."""
+    roomy, tight = _hit("roomy", limit=10), _hit("tight", limit=1)
+    assert [d.allowed for d in await store.hit([roomy, tight])] == [True, True]
+    decisions = await store.hit([roomy, tight])
+    assert [d.allowed for d in decisions] == [True, False]
+    assert (await store.hit([roomy]))[0].remaining == 8
+
+
+async def test_buckets_are_independent(store: Any) -> None:
+    """A full bucket leaves other keys untouched."""
+    for _ in range(3):
+        await store.hit([_hit("x")])
+    assert (await store.hit([_hit("y")]))[0].allowed
+
+
+async def test_fixed_window_resets_at_window_boundary(store: Any, clock: FakeClock) -> None:
+    """A fixed window starts afresh when the next aligned window begins."""
+    for _ in range(3):
+        await store.hit([_hit("w", window_ms=10_000)])
+    denied = (await store.hit([_hit("w", window_ms=10_000)]))[0]
+    assert not denied.allowed
+    assert denied.retry_after_ms == denied.reset_ms
+    clock.advance(denied.reset_ms / 1000)
+    assert (await store.hit([_hit("w", window_ms=10_000)]))[0].remaining == 2
+
+
+async def test_concurrent_hits_never_exceed_limit(store: Any) -> None:
+    """200 simultaneous hits on a limit of 50 let exactly 50 through."""
+    allowed: list[bool] = []
+
+    async def one() -> None:
+        allowed.append((await store.hit([_hit("c", limit=50)]))[0].allowed)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(200):
+            tg.start_soon(one)
+    assert allowed.count(True) == 50
