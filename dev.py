@@ -19,48 +19,43 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-STAMP = VENV / ".bastion-deps"
-DEPENDENCY_FILES = ("pyproject.toml", "requirements-dev.txt")
+BENCH_VENV = ROOT / "benchmarks" / ".venv"
+PROJECT = ("-e", ".[all]", "-e", "examples/reference_service")
+# the test environment, and the benchmarks' own one that also holds the peers they compare with
+ENVIRONMENTS = {
+    VENV: ("requirements-dev.txt",),
+    BENCH_VENV: ("requirements-dev.txt", "benchmarks/requirements.txt"),
+}
 
 
-def _bin(name: str) -> Path:
-    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+def _bin(name: str, env: Path = VENV) -> Path:
+    return env / ("Scripts" if os.name == "nt" else "bin") / name
 
 
-def _digest() -> str:
+def _digest(requirements: tuple[str, ...]) -> str:
     h = hashlib.sha256()
-    for name in DEPENDENCY_FILES:
+    for name in ("pyproject.toml", "examples/reference_service/pyproject.toml", *requirements):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 
 
-def ensure_environment() -> None:
+def ensure_environment(env: Path) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself runs on any python3
         sys.exit(f"bastion needs Python 3.11 or newer, this is {sys.version.split()[0]}")
-    if not _bin("python").exists():
-        print(f"dev.py: creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    digest = _digest()
-    if STAMP.exists() and STAMP.read_text() == digest:
+    requirements = ENVIRONMENTS[env]
+    stamp = env / ".bastion-deps"
+    if not _bin("python", env).exists():
+        print(f"dev.py: creating {env}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(env)
+    digest = _digest(requirements)
+    if stamp.exists() and stamp.read_text() == digest:
         return
-    print("dev.py: installing dependencies", flush=True)
-    pip = [str(_bin("python")), "-m", "pip", "--disable-pip-version-check", "-q"]
+    print(f"dev.py: installing dependencies into {env}", flush=True)
+    pip = [str(_bin("python", env)), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run(
-        [
-            *pip,
-            "install",
-            "-e",
-            ".[all]",
-            "-e",
-            "examples/reference_service",
-            "-r",
-            "requirements-dev.txt",
-        ],
-        check=True,
-        cwd=ROOT,
-    )
-    STAMP.write_text(digest)
+    reqs = [arg for name in requirements for arg in ("-r", name)]
+    subprocess.run([*pip, "install", *PROJECT, *reqs], check=True, cwd=ROOT)
+    stamp.write_text(digest)
 
 
 def main(argv: list[str]) -> int:
@@ -68,14 +63,21 @@ def main(argv: list[str]) -> int:
     if command not in {"serve", "test", "bench"}:
         print(__doc__)
         return 0 if command in {"help", "-h", "--help"} else 2
-    ensure_environment()
+    target = BENCH_VENV if command == "bench" else VENV
+    ensure_environment(target)
     if command == "serve":
         args = [str(_bin("bastion-service")), "serve", *rest]
     else:
         sessions = ["lint", "typecheck", "tests"] if command == "test" else ["bench"]
-        args = [str(_bin("nox")), "--no-venv", "-s", *sessions, *(["--", *rest] if rest else [])]
-    env = {**os.environ, "VIRTUAL_ENV": str(VENV)}
-    env["PATH"] = os.pathsep.join([str(_bin("python").parent), env.get("PATH", "")])
+        args = [
+            str(_bin("nox", target)),
+            "--no-venv",
+            "-s",
+            *sessions,
+            *(["--", *rest] if rest else []),
+        ]
+    env = {**os.environ, "VIRTUAL_ENV": str(target)}
+    env["PATH"] = os.pathsep.join([str(_bin("python", target).parent), env.get("PATH", "")])
     return subprocess.call(args, cwd=ROOT, env=env)
 
 

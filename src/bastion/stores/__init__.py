@@ -24,6 +24,7 @@ __all__ = [
     "RedisStore",
     "SQLStore",
     "Store",
+    "from_url",
 ]
 
 _LAZY = {"RedisStore": "bastion.stores.redis", "SQLStore": "bastion.stores.sql"}
@@ -36,3 +37,15 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bastion.stores' has no attribute {name!r}")
+
+
+def from_url(url: str, **options: Any) -> Any:
+    """Build a store from a URL: ``memory://``, ``redis://``/``rediss://``/``redis+cluster://``,
+    or any SQLAlchemy async URL (``postgresql+asyncpg://``, ``sqlite+aiosqlite://``,
+    ``mysql+asyncmy://``). Options go to the store's constructor."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryStore(**options)
+    if scheme.startswith(("redis", "rediss", "unix")):
+        return __getattr__("RedisStore").from_url(url, **options)
+    return __getattr__("SQLStore").from_url(url, **options)
