@@ -27,7 +27,7 @@ from bastion.settings import IdempotencySettings
 from bastion.stores.protocols import Claim, IdempotencyStore
 from bastion.typing import ASGIApp, Message, PrincipalExtractor, Receive, Scope, Send
 
-__all__ = ["IdempotencyMiddleware"]
+__all__ = ["SCOPE_KEY", "IdempotencyContext", "IdempotencyMiddleware"]
 
 logger = logging.getLogger("bastion.idempotency")
 
@@ -159,10 +159,30 @@ class IdempotencyMiddleware:
         await _Request(self, scope, key, body, send).run(replay_receive(body, receive))
 
 
+class IdempotencyContext:
+    """What a handler may know about its own keyed request, at ``scope["bastion.idempotency"]``.
+
+    A store that can join the handler's own transaction (the SQL store) uses ``key`` and
+    ``token`` to write the response in that transaction and then sets ``completed``, so the
+    middleware does not write it a second time.
+    """
+
+    __slots__ = ("completed", "fingerprint", "key", "token")
+
+    def __init__(self, key: str, token: str, fingerprint: str) -> None:
+        self.key = key
+        self.token = token
+        self.fingerprint = fingerprint
+        self.completed = False
+
+
+SCOPE_KEY = "bastion.idempotency"
+
+
 class _Request:
     """The life of one keyed request: claim, then replay, refuse, or run and store."""
 
-    __slots__ = ("fingerprint", "key", "mw", "scope", "send", "token")
+    __slots__ = ("context", "fingerprint", "key", "mw", "scope", "send", "token")
 
     def __init__(
         self, mw: IdempotencyMiddleware, scope: Scope, key: str, body: bytes, send: Send
@@ -175,6 +195,7 @@ class _Request:
             scope["method"], scope["path"], scope.get("query_string", b""), body
         )
         self.token = secrets.token_hex(16)
+        self.context: IdempotencyContext | None = None
 
     async def _claim(self) -> Claim:
         mw = self.mw
@@ -256,6 +277,9 @@ class _Request:
     async def _execute(self, receive: Receive) -> None:
         mw = self.mw
         capture = _Capture(self.send, mw.settings.max_response_bytes)
+        self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
+            self.key, self.token, self.fingerprint
+        )
         error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
@@ -304,6 +328,9 @@ class _Request:
     async def _finish(self, capture: _Capture | None) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
+        if self.context is not None and self.context.completed:
+            mw.observer.idempotency(scope, "stored")
+            return
         with anyio.CancelScope(shield=True):
             try:
                 if capture is not None and self._storable(capture):
