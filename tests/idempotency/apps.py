@@ -42,7 +42,12 @@ class Backend:
 
     def charge(self, body: bytes) -> tuple[int, dict[str, Any]]:
         self.calls["charge"] += 1
-        payload = json.loads(body) if body else {}
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
         return 201, {"charge": self.calls["charge"], "amount": payload.get("amount")}
 
 

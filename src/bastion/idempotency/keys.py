@@ -67,5 +67,8 @@ def default_principal(scope: Scope) -> str:
 
 def scoped_key(principal: str, key: str) -> str:
     """The store key: one tenant can never reach another tenant's record with the same key."""
-    material = f"{principal}\x00{key}".encode()
-    return hashlib.blake2b(material, digest_size=20).hexdigest()
+    scope = principal.encode("utf-8", "surrogatepass")
+    h = hashlib.blake2b(len(scope).to_bytes(8, "big"), digest_size=20)
+    h.update(scope)
+    h.update(key.encode())
+    return h.hexdigest()

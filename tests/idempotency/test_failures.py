@@ -1,0 +1,173 @@
+"""Store failures and hostile input: never a 500, never a duplicate run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bastion import IdempotencyMiddleware, IdempotencySettings, StoreError
+from bastion.exceptions import ConfigurationError
+from bastion.stores import Claim, MemoryStore
+from tests.idempotency.apps import Backend, starlette_app
+from tests.idempotency.conftest import Factory
+
+pytestmark = pytest.mark.anyio
+
+KEY = {"Idempotency-Key": "fail-1"}
+
+
+class BrokenStore(MemoryStore):
+    """A store whose chosen operations fail like an unreachable backend."""
+
+    def __init__(self, *failing: str) -> None:
+        super().__init__()
+        self.failing = set(failing)
+
+    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+        if "claim" in self.failing:
+            raise StoreError("backend down")
+        return await super().claim(key, fingerprint, token, lease_ms=lease_ms)
+
+    async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
+        if "complete" in self.failing:
+            raise StoreError("backend down")
+        return await super().complete(key, token, response, ttl_ms=ttl_ms)
+
+
+async def test_store_down_fails_closed_with_503(make_client: Factory, backend: Backend) -> None:
+    """By default an unreachable store refuses the request rather than risk a double run."""
+    client = make_client(store=BrokenStore("claim"))
+    response = await client.post("/charge", json={}, headers=KEY)
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert backend.calls["charge"] == 0
+
+
+async def test_store_down_fails_open_when_configured(
+    make_client: Factory, backend: Backend
+) -> None:
+    """With fail_open the request runs unprotected instead."""
+    client = make_client(IdempotencySettings(fail_open=True), store=BrokenStore("claim"))
+    response = await client.post("/charge", json={}, headers=KEY)
+    assert response.status_code == 201
+    assert backend.calls["charge"] == 1
+
+
+async def test_store_failing_on_completion_still_answers(
+    make_client: Factory, backend: Backend
+) -> None:
+    """The client still gets its response when storing it fails afterwards."""
+    client = make_client(store=BrokenStore("complete"))
+    response = await client.post("/charge", json={"amount": 3}, headers=KEY)
+    assert response.status_code == 201
+    assert response.json()["amount"] == 3
+
+
+def test_store_must_implement_the_protocol() -> None:
+    """A store without the idempotency primitives is refused at start-up."""
+    with pytest.raises(ConfigurationError):
+        IdempotencyMiddleware(starlette_app(Backend()), store=object())  # type: ignore[arg-type]
+
+
+async def test_non_http_scopes_pass_through() -> None:
+    """Lifespan and websocket scopes reach the app untouched."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    middleware = IdempotencyMiddleware(app, store=MemoryStore())
+    await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await middleware({"type": "websocket", "path": "/", "headers": []}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan", "websocket"]
+
+
+async def test_client_disconnect_while_sending_body_runs_nothing() -> None:
+    """A client that leaves mid-body never reaches the handler."""
+    backend = Backend()
+    middleware = IdempotencyMiddleware(starlette_app(backend), store=MemoryStore())
+    messages = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/charge",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", b"k")],
+        "client": ("127.0.0.1", 1),
+    }
+    await middleware(scope, receive, send)
+    assert sent == []
+    assert backend.calls["charge"] == 0
+
+
+def receive_once(body: bytes) -> Any:
+    """A receive channel that delivers the body, then waits like a client that stays."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Any:
+        if pending:
+            return pending.pop()
+        await anyio.sleep_forever()
+        return None
+
+    return receive
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=150)
+@given(
+    raw_key=st.binary(max_size=300),
+    body=st.binary(max_size=200),
+    extra=st.lists(
+        st.tuples(st.binary(min_size=1, max_size=20).map(bytes.lower), st.binary(max_size=40)),
+        max_size=4,
+    ),
+    path=st.sampled_from(["/charge", "/text", "/read", "/nowhere", "/stream"]),
+    method=st.sampled_from(["POST", "PUT", "PATCH", "DELETE", "GET"]),
+)
+async def test_arbitrary_headers_and_bodies_never_500(
+    raw_key: bytes, body: bytes, extra: list[tuple[bytes, bytes]], path: str, method: str
+) -> None:
+    """Whatever the key bytes, headers and body, the middleware never answers 5xx itself."""
+    backend = Backend()
+    middleware = IdempotencyMiddleware(starlette_app(backend), store=MemoryStore())
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", raw_key), *extra],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    await middleware(scope, receive_once(body), send)
+    await middleware(scope, receive_once(body), send)
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    assert len(statuses) == 2
+    assert all(status < 500 for status in statuses)
+    assert backend.calls["charge"] <= 1

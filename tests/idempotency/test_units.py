@@ -1,0 +1,83 @@
+"""Key parsing, fingerprints and the stored response format."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastion.idempotency.fingerprint import fingerprint
+from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
+from bastion.idempotency.records import StoredResponse
+
+PRINTABLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+
+
+@given(PRINTABLE)
+def test_bare_and_quoted_keys_are_equal(key: str) -> None:
+    """A key and its RFC 8941 string spelling parse to the same key."""
+    quoted = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    assert parse_key(quoted.encode(), 255) == parse_key(key.encode(), 255) or key.startswith('"')
+
+
+def test_escaped_quote_in_structured_string() -> None:
+    """Escapes inside a structured string are honoured."""
+    assert parse_key(b'"a\\"b\\\\c"', 255) == 'a"b\\c'
+
+
+@pytest.mark.parametrize("raw", [b'"a"b"', b'"a\\x"', b""])
+def test_malformed_structured_strings_are_refused(raw: bytes) -> None:
+    """Unescaped quotes, unknown escapes and empty values are invalid."""
+    with pytest.raises(InvalidKey):
+        parse_key(raw, 255)
+
+
+def test_fingerprint_parts_cannot_be_shifted() -> None:
+    """Moving bytes between path, query and body changes the fingerprint."""
+    assert fingerprint("POST", "/a", b"b", b"") != fingerprint("POST", "/ab", b"", b"")
+    assert fingerprint("POST", "/a", b"", b"b") != fingerprint("POST", "/a", b"b", b"")
+
+
+def test_scoped_keys_differ_by_principal() -> None:
+    """The same key under two principals gives two store keys."""
+    assert scoped_key("a", "k") != scoped_key("b", "k")
+    assert scoped_key("a\x00b", "k") != scoped_key("a", "b\x00k")
+
+
+def test_default_principal_prefers_credentials() -> None:
+    """Credentials name the principal (hashed); without them, the client address does."""
+    with_auth = {"headers": [(b"authorization", b"Bearer s3cret")], "client": ("1.2.3.4", 1)}
+    assert default_principal(with_auth).startswith("cred:")
+    assert "s3cret" not in default_principal(with_auth)
+    assert default_principal({"headers": [], "client": ("1.2.3.4", 1)}) == "addr:1.2.3.4"
+    assert default_principal({"headers": [], "client": None}) == "anonymous"
+
+
+@given(
+    status=st.integers(100, 599),
+    headers=st.lists(
+        st.tuples(st.binary(min_size=1, max_size=10), st.binary(max_size=20)), max_size=5
+    ),
+    body=st.binary(max_size=200),
+)
+def test_stored_response_round_trips(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Encoding then decoding gives back the same status, headers and body bytes."""
+    stored = StoredResponse(status, tuple(headers), body)
+    assert StoredResponse.decode(stored.encode()) == stored
+
+
+def test_capture_drops_hop_by_hop_and_cookies() -> None:
+    """Set-Cookie and hop-by-hop fields are never stored."""
+    stored = StoredResponse.capture(
+        200,
+        [
+            (b"Set-Cookie", b"a=b"),
+            (b"Connection", b"close"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"content-type", b"text/plain"),
+        ],
+        b"x",
+    )
+    assert stored.headers == ((b"content-type", b"text/plain"),)

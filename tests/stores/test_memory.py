@@ -1,0 +1,59 @@
+"""The memory store stays bounded and frees expired entries first."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion import ConfigurationError
+from bastion.stores import MemoryStore, RateLimitHit
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_records_are_bounded(clock: FakeClock) -> None:
+    """Completed records beyond the bound evict the least recently written."""
+    store = MemoryStore(max_records=10, clock=clock)
+    for i in range(25):
+        await store.claim(f"k{i}", "fp", "t", lease_ms=1000)
+        await store.complete(f"k{i}", "t", b"r", ttl_ms=60_000)
+    assert len(store._records) == 10
+    assert (await store.claim("k24", "fp", "t", lease_ms=1000)).response == b"r"
+    assert (await store.claim("k0", "fp", "t", lease_ms=1000)).acquired
+
+
+async def test_expired_records_go_before_live_ones(clock: FakeClock) -> None:
+    """When full, an expired record is freed rather than a live one."""
+    store = MemoryStore(max_records=3, clock=clock)
+    await store.claim("short", "fp", "t", lease_ms=10)
+    for key in ("a", "b"):
+        await store.claim(key, "fp", "t", lease_ms=1000)
+        await store.complete(key, "t", b"r", ttl_ms=60_000)
+    clock.advance(1)
+    await store.claim("c", "fp", "t", lease_ms=1000)
+    for key in ("a", "b"):
+        assert (await store.claim(key, "fp", "x", lease_ms=1000)).response == b"r"
+
+
+async def test_in_flight_leases_survive_eviction(clock: FakeClock) -> None:
+    """Eviction skips a running request's lease, which guards against a duplicate run."""
+    store = MemoryStore(max_records=3, clock=clock)
+    await store.claim("running", "fp", "t", lease_ms=60_000)
+    for i in range(5):
+        await store.claim(f"done{i}", "fp", "t", lease_ms=1000)
+        await store.complete(f"done{i}", "t", b"r", ttl_ms=60_000)
+    assert not (await store.claim("running", "fp", "x", lease_ms=1000)).acquired
+
+
+async def test_buckets_are_bounded(clock: FakeClock) -> None:
+    """Rate-limit buckets are bounded the same way."""
+    store = MemoryStore(max_buckets=5, clock=clock)
+    for i in range(50):
+        await store.hit([RateLimitHit(f"b{i}", "fixed_window", 10, 60_000)])
+    assert len(store._buckets) == 5
+
+
+def test_bounds_must_be_positive() -> None:
+    """A store that can hold nothing is a configuration error."""
+    with pytest.raises(ConfigurationError):
+        MemoryStore(max_records=0)

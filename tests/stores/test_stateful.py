@@ -1,0 +1,131 @@
+"""A model-based check of the idempotency store protocol on every backend.
+
+Hypothesis drives random sequences of claim/renew/complete/release and clock moves against a
+store and against a plain dictionary model, and every answer must match the model exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+
+from bastion.stores import Claim
+from tests.conftest import FakeClock
+from tests.stores.conftest import STORES
+
+KEYS = st.sampled_from(["a", "b", "c"])
+FINGERPRINTS = st.sampled_from(["fp1", "fp2"])
+TOKENS = st.sampled_from(["t1", "t2", "t3", "t4"])
+DURATIONS = st.integers(min_value=1, max_value=5_000)
+
+
+@dataclass
+class ModelRecord:
+    fingerprint: str
+    token: str
+    expires_at: int
+    response: bytes | None = None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Compares a store with a dictionary of records under a fake clock."""
+
+    factory: Any = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.model: dict[str, ModelRecord] = {}
+        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+        self._store_cm = self.portal.wrap_async_context_manager(type(self).factory(self.clock))
+        self.store = self._store_cm.__enter__()
+
+    def teardown(self) -> None:
+        self._store_cm.__exit__(None, None, None)
+        self._portal_cm.__exit__(None, None, None)
+
+    def now(self) -> int:
+        return int(self.clock() * 1000)
+
+    def live(self, key: str) -> ModelRecord | None:
+        record = self.model.get(key)
+        if record is None or record.expires_at <= self.now():
+            self.model.pop(key, None)
+            return None
+        return record
+
+    def held(self, key: str, token: str) -> ModelRecord | None:
+        record = self.live(key)
+        if record is None or record.token != token or record.response is not None:
+            return None
+        return record
+
+    @initialize()
+    def start(self) -> None:
+        assert self.model == {}
+
+    @rule(key=KEYS, fingerprint=FINGERPRINTS, token=TOKENS, lease=DURATIONS)
+    def claim(self, key: str, fingerprint: str, token: str, lease: int) -> None:
+        got: Claim = self.portal.call(
+            lambda: self.store.claim(key, fingerprint, token, lease_ms=lease)
+        )
+        record = self.live(key)
+        if record is None:
+            self.model[key] = ModelRecord(fingerprint, token, self.now() + lease)
+            assert got == Claim(True, fingerprint)
+            return
+        assert not got.acquired
+        assert got.fingerprint == record.fingerprint
+        assert got.response == record.response
+        if record.response is None:
+            assert got.lease_remaining_ms == record.expires_at - self.now()
+
+    @rule(key=KEYS, token=TOKENS, lease=DURATIONS)
+    def renew(self, key: str, token: str, lease: int) -> None:
+        got = self.portal.call(lambda: self.store.renew(key, token, lease_ms=lease))
+        record = self.held(key, token)
+        assert got is (record is not None)
+        if record is not None:
+            record.expires_at = self.now() + lease
+
+    @rule(key=KEYS, token=TOKENS, ttl=DURATIONS, body=st.binary(max_size=16))
+    def complete(self, key: str, token: str, ttl: int, body: bytes) -> None:
+        got = self.portal.call(lambda: self.store.complete(key, token, body, ttl_ms=ttl))
+        record = self.held(key, token)
+        assert got is (record is not None)
+        if record is not None:
+            record.response = body
+            record.expires_at = self.now() + ttl
+
+    @rule(key=KEYS, token=TOKENS)
+    def release(self, key: str, token: str) -> None:
+        got = self.portal.call(lambda: self.store.release(key, token))
+        record = self.held(key, token)
+        assert got is (record is not None)
+        if record is not None:
+            del self.model[key]
+
+    @rule(ms=st.integers(min_value=1, max_value=6_000))
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms / 1000)
+
+
+@pytest.fixture(params=STORES)
+def machine(request: pytest.FixtureRequest) -> type[StoreMachine]:
+    """The state machine bound to one backend."""
+    return type(
+        f"StoreMachine_{request.node.callspec.id}", (StoreMachine,), {"factory": request.param}
+    )
+
+
+def test_store_matches_model(machine: type[StoreMachine]) -> None:
+    """Every idempotency primitive answers exactly as the dictionary model does."""
+    run_state_machine_as_test(machine, settings=settings(stateful_step_count=30))
