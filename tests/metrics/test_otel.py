@@ -278,3 +278,23 @@ async def test_spans_of_concurrent_requests_stay_apart(
     assert len(spans) == 20
     assert len({s.context.span_id for s in spans}) == 20
     assert all(len(s.events) == 1 for s in spans)
+
+
+async def test_own_span_is_the_duration_exemplar(otel: OTel, registry: CollectorRegistry) -> None:
+    """With tracing on, each duration observation links to the request's own server span."""
+    from prometheus_client.openmetrics.exposition import generate_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    app = traced(app_under_test(), otel, registry)
+    async with client(app) as c:
+        await c.get("/hello/x")
+    (span,) = otel.finished()
+    exposition = generate_latest(registry).decode()
+    exemplars = [
+        s.exemplar.labels
+        for family in text_string_to_metric_families(exposition)
+        if family.name == "bastion_http_request_duration_seconds"
+        for s in family.samples
+        if s.exemplar is not None
+    ]
+    assert exemplars == [{"trace_id": format(span.context.trace_id, "032x")}]

@@ -44,12 +44,16 @@ def _version() -> str:
 def trace_exemplar() -> Callable[[], dict[str, str] | None] | None:
     """A function giving the active sampled trace as an exemplar, or None without the API."""
     try:
+        from opentelemetry.context import get_current
         from opentelemetry.trace import get_current_span
     except ImportError:
         return None
 
     def exemplar() -> dict[str, str] | None:
-        context = get_current_span().get_span_context()
+        current = get_current()
+        if not current:  # the usual case without tracing: an empty context, no span to look up
+            return None
+        context = get_current_span(current).get_span_context()
         if context.is_valid and context.trace_flags.sampled:
             return {"trace_id": format(context.trace_id, "032x")}
         return None
