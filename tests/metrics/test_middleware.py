@@ -334,3 +334,14 @@ def test_settings_load_from_the_environment() -> None:
     assert settings.duration_buckets == (0.1, 1.0, 10.0)
     assert settings.skip_paths == frozenset({"/metrics", "/healthz"})
     assert settings.exemplars is False
+
+
+async def test_request_without_any_answer_is_status_0(registry: CollectorRegistry) -> None:
+    """A request that ends with nothing sent (client gone) is counted, with status 0."""
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    app = MetricsMiddleware(silent, registry=registry)
+    assert await _call(app, "POST", "/gone") == 0
+    assert value(registry, REQUESTS, method="POST", route=UNMATCHED_LABEL, status="0") == 1

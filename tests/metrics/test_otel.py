@@ -298,3 +298,26 @@ async def test_own_span_is_the_duration_exemplar(otel: OTel, registry: Collector
         if s.exemplar is not None
     ]
     assert exemplars == [{"trace_id": format(span.context.trace_id, "032x")}]
+
+
+async def test_no_status_attribute_when_nothing_was_sent(
+    otel: OTel, registry: CollectorRegistry
+) -> None:
+    """A request that ended without an answer has no http.response.status_code."""
+
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    app = traced(silent, otel, registry)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("nothing is sent")
+
+    scope = {"type": "http", "method": "GET", "path": "/gone", "headers": [], "scheme": "http"}
+    await app(scope, receive, send)
+    (span,) = otel.finished()
+    assert "http.response.status_code" not in (span.attributes or {})
+    assert span.status.status_code is StatusCode.UNSET

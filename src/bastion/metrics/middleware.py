@@ -96,7 +96,7 @@ class MetricsMiddleware:
             self._metrics = metrics = HttpMetrics.on(
                 registry, settings.duration_buckets, settings.size_buckets
             )
-            self._in_flight = {method: metrics.in_flight.labels(method) for method in ("GET",)}
+            self._in_flight = {"GET": metrics.in_flight.labels("GET")}  # others on first use
             if settings.exemplars and not multiprocess_mode():
                 self._exemplar = trace_exemplar()
         self._tracing: Tracing | None = None
@@ -118,7 +118,9 @@ class MetricsMiddleware:
         if method not in HTTP_METHODS:
             method = OTHER_METHOD
         exchange = _Exchange(receive, send)
-        in_flight = self._in_flight.get(method) or self._gauge(method)
+        in_flight = self._in_flight.get(method)
+        if in_flight is None:
+            in_flight = self._gauge(method)
         in_flight.inc()
         start = perf_counter()
         try:
@@ -139,7 +141,9 @@ class MetricsMiddleware:
         exchange = _Exchange(receive, send)
         in_flight = None
         if self._metrics is not None:
-            in_flight = self._in_flight.get(method) or self._gauge(method)
+            in_flight = self._in_flight.get(method)
+            if in_flight is None:
+                in_flight = self._gauge(method)
             in_flight.inc()
         span, token = tracing.start(scope, method)
         error: BaseException | None = None

@@ -153,8 +153,9 @@ class Tracing:
         attributes: dict[str, str | int] = {
             "http.request.method": method,
             "url.scheme": scope.get("scheme", "http"),
-            "http.response.status_code": status,
         }
+        if status:  # 0: nothing was sent (the client left first), so there is no status
+            attributes["http.response.status_code"] = status
         if route is not None:
             attributes["http.route"] = route
             span.update_name(f"{method} {route}")

@@ -105,3 +105,4 @@ class MetricsSettings(EnvSettings):
         check_buckets("size_buckets", self.size_buckets)
         object.__setattr__(self, "duration_buckets", tuple(map(float, self.duration_buckets)))
         object.__setattr__(self, "size_buckets", tuple(map(float, self.size_buckets)))
+        object.__setattr__(self, "skip_paths", frozenset(self.skip_paths))
