@@ -345,3 +345,12 @@ async def test_request_without_any_answer_is_status_0(registry: CollectorRegistr
     app = MetricsMiddleware(silent, registry=registry)
     assert await _call(app, "POST", "/gone") == 0
     assert value(registry, REQUESTS, method="POST", route=UNMATCHED_LABEL, status="0") == 1
+
+
+def test_default_buckets_are_prometheus_clients() -> None:
+    """The default duration buckets are prometheus_client's (and OpenTelemetry's advisory)."""
+    from prometheus_client import Histogram
+
+    from bastion.metrics import DEFAULT_DURATION_BUCKETS
+
+    assert (*DEFAULT_DURATION_BUCKETS, float("inf")) == Histogram.DEFAULT_BUCKETS
