@@ -60,6 +60,8 @@ def ensure_environment(env: Path) -> None:
 
 def main(argv: list[str]) -> int:
     command, *rest = argv or ["help"]
+    if rest[:1] == ["--"]:  # `dev.py bench -- --quick`, as the benchmarks' README writes it
+        rest = rest[1:]
     if command not in {"serve", "test", "bench"}:
         print(__doc__)
         return 0 if command in {"help", "-h", "--help"} else 2

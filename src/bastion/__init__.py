@@ -2,6 +2,14 @@
 
 from bastion.exceptions import BastionError, ConfigurationError, StoreError, StoreUnavailable
 from bastion.idempotency import IdempotencyMiddleware
+from bastion.metrics import (
+    MetricsApp,
+    MetricsMiddleware,
+    MetricsSettings,
+    OTelObserver,
+    PrometheusObserver,
+    metrics_app,
+)
 from bastion.observe import MultiObserver, NullObserver, Observer
 from bastion.settings import IdempotencySettings
 
@@ -10,11 +18,17 @@ __all__ = [
     "ConfigurationError",
     "IdempotencyMiddleware",
     "IdempotencySettings",
+    "MetricsApp",
+    "MetricsMiddleware",
+    "MetricsSettings",
     "MultiObserver",
     "NullObserver",
+    "OTelObserver",
     "Observer",
+    "PrometheusObserver",
     "StoreError",
     "StoreUnavailable",
+    "metrics_app",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -9,6 +9,7 @@ from typing import Any
 from bastion.typing import Message, Receive, Scope, Send
 
 __all__ = [
+    "ANSWERED_SCOPE_KEY",
     "PROBLEM_CONTENT_TYPE",
     "BodyTooLarge",
     "ClientDisconnected",
@@ -20,6 +21,11 @@ __all__ = [
 
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:bastion:problem:"
+
+ANSWERED_SCOPE_KEY = "bastion.answered"
+"""Set (to the middleware's name) by a bastion middleware that answers a request itself instead
+of running the app (400, 409, 422, 429, 503, replays), so metrics can label such answers, which
+never reach a router, apart from unmatched paths."""
 
 
 class BodyTooLarge(Exception):

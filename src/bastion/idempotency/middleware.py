@@ -11,6 +11,7 @@ from fnmatch import translate
 import anyio
 
 from bastion._asgi import (
+    ANSWERED_SCOPE_KEY,
     BodyTooLarge,
     ClientDisconnected,
     header,
@@ -125,6 +126,7 @@ class IdempotencyMiddleware:
         if raw_key is None:
             if self._require is not None and self._require.match(scope["path"]):
                 self.observer.idempotency(scope, "missing_key")
+                scope[ANSWERED_SCOPE_KEY] = "idempotency"
                 await send_problem(
                     send,
                     400,
@@ -139,6 +141,7 @@ class IdempotencyMiddleware:
             key = parse_key(raw_key, self.settings.max_key_length)
         except InvalidKey as exc:
             self.observer.idempotency(scope, "invalid_key")
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await send_problem(
                 send, 400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)
             )
@@ -148,6 +151,7 @@ class IdempotencyMiddleware:
         except ClientDisconnected:
             return
         except BodyTooLarge:
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await send_problem(
                 send,
                 413,
@@ -218,6 +222,7 @@ class _Request:
             if mw.settings.fail_open:
                 await mw.app(scope, receive, self.send)
                 return
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await send_problem(
                 self.send,
                 503,
@@ -229,7 +234,9 @@ class _Request:
             return
         if claim.acquired:
             await self._execute(receive)
-        elif claim.fingerprint != self.fingerprint:
+            return
+        scope[ANSWERED_SCOPE_KEY] = "idempotency"
+        if claim.fingerprint != self.fingerprint:
             mw.observer.idempotency(scope, "payload_mismatch")
             await send_problem(
                 self.send,

@@ -1,0 +1,30 @@
+"""Metrics and tracing: Prometheus RED metrics, decision counters, OpenTelemetry spans.
+
+prometheus_client and opentelemetry are imported when something here is first built, never
+when this package is imported, so ``import bastion`` works without the extras.
+"""
+
+from bastion.metrics.exposition import MetricsApp, metrics_app
+from bastion.metrics.middleware import BASTION_LABEL, UNMATCHED_LABEL, MetricsMiddleware
+from bastion.metrics.otel import OTelObserver
+from bastion.metrics.prometheus import PrometheusObserver
+from bastion.metrics.settings import (
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_SIZE_BUCKETS,
+    DEFAULT_STORE_BUCKETS,
+    MetricsSettings,
+)
+
+__all__ = [
+    "BASTION_LABEL",
+    "DEFAULT_DURATION_BUCKETS",
+    "DEFAULT_SIZE_BUCKETS",
+    "DEFAULT_STORE_BUCKETS",
+    "UNMATCHED_LABEL",
+    "MetricsApp",
+    "MetricsMiddleware",
+    "MetricsSettings",
+    "OTelObserver",
+    "PrometheusObserver",
+    "metrics_app",
+]

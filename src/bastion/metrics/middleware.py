@@ -1,0 +1,193 @@
+"""`MetricsMiddleware`: RED metrics per route template, and an OpenTelemetry server span."""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from bastion._asgi import ANSWERED_SCOPE_KEY
+from bastion.metrics.otel import Tracing, trace_exemplar
+from bastion.metrics.prometheus import HTTP_METHODS, OTHER_METHOD, HttpMetrics, multiprocess_mode
+from bastion.metrics.routes import RouteResolver
+from bastion.metrics.settings import MetricsSettings
+from bastion.typing import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["BASTION_LABEL", "UNMATCHED_LABEL", "MetricsMiddleware"]
+
+UNMATCHED_LABEL = "<unmatched>"
+"""The route label of every request no route matched (404s, redirects to a trailing slash)."""
+BASTION_LABEL = "<bastion>"
+"""The route label of answers a bastion middleware gave before routing (400, 409, 422, 429,
+503, idempotent replays): counted, never dropped, and kept apart from unmatched paths."""
+
+
+class _Exchange:
+    """One request's status and body sizes, noted by the ``receive`` and ``send`` it is given."""
+
+    __slots__ = ("_receive", "_send", "request_bytes", "response_bytes", "status")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.status = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.request_bytes += len(message.get("body", b""))
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.response_bytes += len(message.get("body", b""))
+        elif kind == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
+class _Children:
+    """The metric children of one (method, route, status), bound once instead of per request."""
+
+    __slots__ = ("duration", "request_size", "requests", "response_size")
+
+    def __init__(self, metrics: HttpMetrics, method: str, route: str, status: int) -> None:
+        self.requests = metrics.requests.labels(method, route, str(status))
+        self.duration = metrics.duration.labels(method, route)
+        self.request_size = metrics.request_size.labels(method, route)
+        self.response_size = metrics.response_size.labels(method, route)
+
+
+class MetricsMiddleware:
+    """Measures every HTTP request: count, duration, in-flight, body sizes, by route template.
+
+    Labels are the method, the route template (``/users/{id}``, never ``/users/42``) and the
+    status code, so their number is bounded by the app's routes whatever clients send. Put it
+    outermost so that it also counts what other middleware answer themselves. With OpenTelemetry
+    on, each request also gets a server span, and duration observations carry its trace id as
+    an exemplar.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: MetricsSettings | None = None,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings = settings or MetricsSettings()
+        self._skip = settings.skip_paths
+        self._resolve = RouteResolver()
+        self._metrics: HttpMetrics | None = None
+        self._in_flight: dict[str, Any] = {}
+        self._children: dict[tuple[str, str, int], _Children] = {}
+        self._exemplar = None
+        if settings.prometheus:
+            self._metrics = metrics = HttpMetrics.on(
+                registry, settings.duration_buckets, settings.size_buckets
+            )
+            self._in_flight = {"GET": metrics.in_flight.labels("GET")}  # others on first use
+            if settings.exemplars and not multiprocess_mode():
+                self._exemplar = trace_exemplar()
+        self._tracing: Tracing | None = None
+        if settings.otel or tracer_provider is not None or meter_provider is not None:
+            self._tracing = Tracing(
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                buckets=settings.duration_buckets,
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self._skip and scope["path"] in self._skip):
+            await self.app(scope, receive, send)
+            return
+        if self._tracing is not None:
+            await self._traced(scope, receive, send, self._tracing)
+            return
+        method = scope["method"]
+        if method not in HTTP_METHODS:
+            method = OTHER_METHOD
+        exchange = _Exchange(receive, send)
+        in_flight = self._in_flight.get(method)
+        if in_flight is None:
+            in_flight = self._gauge(method)
+        in_flight.inc()
+        start = perf_counter()
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BaseException:
+            if not exchange.status:
+                exchange.status = 500  # what the server answers for an app that raised
+            raise
+        finally:
+            seconds = perf_counter() - start
+            in_flight.dec()
+            self._record(method, self._label(scope), exchange, seconds)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, tracing: Tracing) -> None:
+        method = scope["method"]
+        if method not in HTTP_METHODS:
+            method = OTHER_METHOD
+        exchange = _Exchange(receive, send)
+        in_flight = None
+        if self._metrics is not None:
+            in_flight = self._in_flight.get(method)
+            if in_flight is None:
+                in_flight = self._gauge(method)
+            in_flight.inc()
+        span, token = tracing.start(scope, method)
+        error: BaseException | None = None
+        start = perf_counter()
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BaseException as exc:
+            error = exc
+            if not exchange.status:
+                exchange.status = 500
+            raise
+        finally:
+            seconds = perf_counter() - start
+            route = self._resolve(scope)
+            if in_flight is not None:
+                in_flight.dec()
+                label = route if route is not None else self._unrouted(scope)
+                self._record(method, label, exchange, seconds)  # inside the span: exemplar
+            tracing.finish(span, token, scope, method, route, exchange.status, seconds, error)
+
+    def _gauge(self, method: str) -> Any:
+        assert self._metrics is not None
+        gauge = self._in_flight[method] = self._metrics.in_flight.labels(method)
+        return gauge
+
+    def _label(self, scope: Scope) -> str:
+        route = self._resolve(scope)
+        return route if route is not None else self._unrouted(scope)
+
+    @staticmethod
+    def _unrouted(scope: Scope) -> str:
+        return BASTION_LABEL if ANSWERED_SCOPE_KEY in scope else UNMATCHED_LABEL
+
+    def _record(self, method: str, route: str, exchange: _Exchange, seconds: float) -> None:
+        key = (method, route, exchange.status)
+        children = self._children.get(key)
+        if children is None:
+            assert self._metrics is not None
+            children = self._children[key] = _Children(self._metrics, *key)
+        children.requests.inc()
+        children.request_size.observe(exchange.request_bytes)
+        children.response_size.observe(exchange.response_bytes)
+        exemplar = self._exemplar() if self._exemplar is not None else None
+        if exemplar is not None:
+            children.duration.observe(seconds, exemplar)
+        else:
+            children.duration.observe(seconds)
