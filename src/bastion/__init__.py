@@ -3,7 +3,9 @@
 from bastion.exceptions import BastionError, ConfigurationError, StoreError, StoreUnavailable
 from bastion.idempotency import IdempotencyMiddleware
 from bastion.observe import MultiObserver, NullObserver, Observer
-from bastion.settings import IdempotencySettings
+from bastion.ratelimit.middleware import RateLimitMiddleware
+from bastion.ratelimit.tiers import Tier
+from bastion.settings import IdempotencySettings, RateLimitSettings
 
 __all__ = [
     "BastionError",
@@ -13,8 +15,11 @@ __all__ = [
     "MultiObserver",
     "NullObserver",
     "Observer",
+    "RateLimitMiddleware",
+    "RateLimitSettings",
     "StoreError",
     "StoreUnavailable",
+    "Tier",
 ]
 
 __version__ = "0.1.0.dev0"
