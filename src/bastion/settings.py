@@ -170,11 +170,11 @@ class RateLimitSettings(EnvSettings):
 
     def __post_init__(self) -> None:
         tiers = tuple(self.tiers)
+        if not all(isinstance(tier, Tier) for tier in tiers):
+            raise ConfigurationError("tiers must be Tier instances")
         names = [tier.name for tier in tiers]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"tier names must be unique: {names}")
-        if not all(isinstance(tier, Tier) for tier in tiers):
-            raise ConfigurationError("tiers must be Tier instances")
         object.__setattr__(self, "tiers", tiers)
         parse_networks(self.trusted_proxies)
         proxy_header = self.proxy_header.strip().lower()

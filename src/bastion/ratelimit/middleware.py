@@ -248,8 +248,11 @@ async def _buffer(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | N
     the handler still gets every byte, the part already read followed by the rest.
     """
     declared = header(scope, b"content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        return None, receive
+    if declared is not None:
+        declared = declared.strip()
+        # a length of thousands of digits is too large, and too long for int() to parse
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            return None, receive
     chunks: list[bytes] = []
     size = 0
     while True:
