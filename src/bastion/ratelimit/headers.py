@@ -18,10 +18,9 @@ Every policy item is formatted once at start-up; a request only joins bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 __all__ = [
     "LimitItem",
+    "limit_prefix",
     "policy_item",
     "rate_fields",
     "seconds",
@@ -36,7 +35,7 @@ LEGACY_REMAINING = b"x-ratelimit-remaining"
 LEGACY_RESET = b"x-ratelimit-reset"
 
 LimitItem = tuple[int, int, bytes, int]
-"""(remaining, seconds, name as an sf-string, quota): one tier's state in one response."""
+"""(remaining, seconds, `limit_prefix` of the policy, quota): one tier's state in a response."""
 
 
 def sf_string(value: str) -> bytes:
@@ -56,14 +55,31 @@ def seconds(milliseconds: int) -> int:
     return -(-milliseconds // 1000)
 
 
+def limit_prefix(name: str) -> bytes:
+    """The start of a ``RateLimit`` item, ``"name";r=``, formatted once per tier."""
+    return sf_string(name) + b";r="
+
+
 def rate_fields(
-    policies: Sequence[bytes], items: Sequence[LimitItem], *, legacy: bool
+    policy: bytes, items: list[LimitItem], *, legacy: bool
 ) -> list[tuple[bytes, bytes]]:
-    """The response fields: ``policies`` as given, ``items`` most restrictive first."""
-    if len(items) > 1:
-        items = sorted(items, key=_restrictive)
-    limits = b", ".join([b"%s;r=%d;t=%d" % (item[2], item[0], item[1]) for item in items])
-    fields = [(RATELIMIT_POLICY, b", ".join(policies)), (RATELIMIT, limits)]
+    """The response fields: the ``policy`` value as given, ``items`` most restrictive first."""
+    if len(items) == 2:  # the common case, without a sort and a join
+        first, second = items
+        if second[0] < first[0] or (second[0] == first[0] and second[1] > first[1]):
+            first, second = items[0], items[1] = second, first
+        limits = b"%s%d;t=%d, %s%d;t=%d" % (
+            first[2],
+            first[0],
+            first[1],
+            second[2],
+            second[0],
+            second[1],
+        )
+    else:
+        items.sort(key=_restrictive)
+        limits = b", ".join([b"%s%d;t=%d" % (item[2], item[0], item[1]) for item in items])
+    fields = [(RATELIMIT_POLICY, policy), (RATELIMIT, limits)]
     if legacy:
         remaining, wait, _, quota = items[0]
         fields += [
