@@ -360,3 +360,29 @@ async def test_absurd_content_length_is_not_trusted(length: bytes) -> None:
     )
     assert status == 200
     assert b"0xabc" in echoed
+
+
+def test_forwarded_quoted_values_may_hold_separators_and_escapes() -> None:
+    """Quoted Forwarded values may contain commas, semicolons and escapes without splitting."""
+    resolve = AddressResolver(["10.0.0.0/8"], proxy_header="forwarded")
+    headers = [(b"forwarded", b'for="6.6.6.6";ext="a\\"b,c;d", for="[2001:db8::1"')]
+    # the last hop is malformed (unterminated bracket): the nearest trusted proxy is the client
+    assert resolve(scope("10.0.0.2", headers)) == "10.0.0.2"
+    headers = [(b"forwarded", b'for="6.6.6.6";ext="a\\"b,c;d", for=10.0.0.7')]
+    assert resolve(scope("10.0.0.2", headers)) == "6.6.6.6"
+
+
+def test_extractor_arguments_are_validated() -> None:
+    """Empty or non-ASCII header and query names fail when the tier is built."""
+    for bad in (lambda: keys.header(""), lambda: keys.header("x-caf\u00e9")):
+        with pytest.raises(ConfigurationError, match="header name"):
+            bad()
+    with pytest.raises(ConfigurationError, match="query parameter"):
+        keys.query_param("")
+
+
+def test_missing_is_falsy_and_says_so() -> None:
+    """MISSING reads as false in a condition and names itself in reprs."""
+    assert not MISSING
+    assert repr(MISSING) == "MISSING"
+    assert repr(keys.client_address()) == "client_address()"

@@ -336,3 +336,17 @@ async def test_settings_without_tiers_are_refused() -> None:
         RateLimitMiddleware(echo_app, store=MemoryStore(), settings=RateLimitSettings())
     with pytest.raises(ConfigurationError, match="RateLimitSettings"):
         RateLimitMiddleware(echo_app, store=MemoryStore(), settings=object())  # type: ignore[arg-type]
+
+
+async def test_hit_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recently built hits are reused, the cache is emptied when full, and keys never mix."""
+    monkeypatch.setattr("bastion.ratelimit.middleware.HIT_CACHE_SIZE", 2)
+    store = CountingStore()
+    app = limited(Tier(name="ip", limit=1, window=60), store=store)
+    peers = [f"198.51.100.{i}" for i in range(5)]
+    first = [(await call(app, peer=(peer, 1)))[0] for peer in peers]
+    second = [(await call(app, peer=(peer, 1)))[0] for peer in peers]
+    assert first == [200] * 5
+    assert second == [429] * 5
+    assert [hits[0].key for hits in store.calls] == [f"ip:addr:{peer}" for peer in peers * 2]
+    assert len(app._by_method.get("GET", app._any_method).tiers[0].hits) <= 2
