@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from bastion.exceptions import ConfigurationError
-from bastion.ratelimit.keys import parse_networks
+from bastion.ratelimit.proxies import parse_networks
 from bastion.ratelimit.tiers import Tier
 
 __all__ = ["EnvSettings", "IdempotencySettings", "RateLimitSettings"]

@@ -14,9 +14,9 @@ from bastion.ratelimit.headers import (
     policy_item,
     rate_fields,
     seconds,
-    sf_string,
 )
-from bastion.ratelimit.keys import AddressResolver, RequestView
+from bastion.ratelimit.keys import RequestView
+from bastion.ratelimit.proxies import AddressResolver
 from bastion.ratelimit.tiers import Tier, compile_routes
 from bastion.settings import RateLimitSettings
 from bastion.stores.protocols import RateLimitDecision, RateLimitHit, RateLimitStore
@@ -51,7 +51,6 @@ class _Tier:
         "pattern",
         "policy",
         "prefix",
-        "sf_name",
         "window_ms",
     )
 
@@ -69,7 +68,6 @@ class _Tier:
         self.window_ms = tier.window_ms
         self.cost = tier.cost
         self.fail_open = fail_open if tier.fail_open is None else tier.fail_open
-        self.sf_name = sf_string(tier.name)
         self.limit_prefix = limit_prefix(tier.name)
         self.policy = policy_item(tier.name, tier.limit, tier.window)
         # the same key asks for the same (immutable) hit every time: build it once
