@@ -74,14 +74,12 @@ class _Tier:
         self.hits: dict[str, RateLimitHit] = {}
 
     def hit(self, key: str) -> RateLimitHit:
-        hit = self.hits.get(key)
-        if hit is None:
-            if len(self.hits) >= HIT_CACHE_SIZE:
-                self.hits.clear()
-            hit = RateLimitHit(
-                self.prefix + key, self.algorithm, self.limit, self.window_ms, self.cost
-            )
-            self.hits[key] = hit
+        """Build and cache the hit for ``key`` (the middleware looks in ``hits`` first)."""
+        if len(self.hits) >= HIT_CACHE_SIZE:
+            self.hits.clear()
+        hit = self.hits[key] = RateLimitHit(
+            self.prefix + key, self.algorithm, self.limit, self.window_ms, self.cost
+        )
         return hit
 
 
@@ -176,7 +174,8 @@ class RateLimitMiddleware:
         for tier in applicable:
             key = tier.key(view)
             if key is not None:
-                hits.append(tier.hit(key))
+                hit = tier.hits.get(key)
+                hits.append(tier.hit(key) if hit is None else hit)
                 tiers.append(tier)
         if not hits:
             await self.app(scope, receive, send)
@@ -217,7 +216,7 @@ class RateLimitMiddleware:
         )
         items: list[LimitItem] = [
             (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)
-            for t, d in zip(tiers, decisions, strict=True)
+            for t, d in zip(tiers, decisions)  # noqa: B905 - equal lengths by the store contract
         ]
         fields = rate_fields(policy, items, legacy=self._legacy)
 
