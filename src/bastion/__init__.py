@@ -11,7 +11,9 @@ from bastion.metrics import (
     metrics_app,
 )
 from bastion.observe import MultiObserver, NullObserver, Observer
-from bastion.settings import IdempotencySettings
+from bastion.ratelimit.middleware import RateLimitMiddleware
+from bastion.ratelimit.tiers import Tier
+from bastion.settings import IdempotencySettings, RateLimitSettings
 
 __all__ = [
     "BastionError",
@@ -26,8 +28,11 @@ __all__ = [
     "OTelObserver",
     "Observer",
     "PrometheusObserver",
+    "RateLimitMiddleware",
+    "RateLimitSettings",
     "StoreError",
     "StoreUnavailable",
+    "Tier",
     "metrics_app",
 ]
 

@@ -1,0 +1,327 @@
+"""`RateLimitMiddleware`: tiered limits decided in one store call per request."""
+
+from __future__ import annotations
+
+import logging
+
+from bastion._asgi import (
+    ANSWERED_SCOPE_KEY,
+    ClientDisconnected,
+    header,
+    replay_receive,
+    send_problem,
+)
+from bastion.exceptions import ConfigurationError
+from bastion.observe import NULL_OBSERVER, Observer, timed
+from bastion.ratelimit.headers import (
+    RETRY_AFTER,
+    LimitItem,
+    limit_prefix,
+    policy_item,
+    rate_fields,
+    seconds,
+)
+from bastion.ratelimit.keys import RequestView
+from bastion.ratelimit.proxies import AddressResolver
+from bastion.ratelimit.tiers import Tier, compile_routes
+from bastion.settings import RateLimitSettings
+from bastion.stores.protocols import RateLimitDecision, RateLimitHit, RateLimitStore
+from bastion.typing import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware"]
+
+logger = logging.getLogger("bastion.ratelimit")
+
+HIT_CACHE_SIZE = 4096
+"""Hits kept per tier for keys seen recently; the cache is emptied whenever it fills."""
+
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+"""The problem type the rate-limit headers draft registers for a 429."""
+
+
+class _Tier:
+    """A tier with everything a request needs precomputed."""
+
+    __slots__ = (
+        "algorithm",
+        "cost",
+        "everything",
+        "exact",
+        "fail_open",
+        "hits",
+        "key",
+        "limit",
+        "limit_prefix",
+        "name",
+        "needs_body",
+        "pattern",
+        "policy",
+        "prefix",
+        "window_ms",
+    )
+
+    def __init__(self, tier: Tier, fail_open: bool) -> None:
+        matcher = compile_routes(tier.routes)
+        self.everything = matcher.everything
+        self.exact = matcher.exact
+        self.pattern = matcher.pattern
+        self.name = tier.name
+        self.key = tier.key
+        self.needs_body = bool(tier.key.needs_body)
+        self.prefix = tier.name + ":"
+        self.algorithm = tier.algorithm
+        self.limit = tier.limit
+        self.window_ms = tier.window_ms
+        self.cost = tier.cost
+        self.fail_open = fail_open if tier.fail_open is None else tier.fail_open
+        self.limit_prefix = limit_prefix(tier.name)
+        self.policy = policy_item(tier.name, tier.limit, tier.window)
+        # the same key asks for the same (immutable) hit every time: build it once
+        self.hits: dict[str, RateLimitHit] = {}
+
+    def hit(self, key: str) -> RateLimitHit:
+        """Build and cache the hit for ``key`` (the middleware looks in ``hits`` first)."""
+        if len(self.hits) >= HIT_CACHE_SIZE:
+            self.hits.clear()
+        hit = self.hits[key] = RateLimitHit(
+            self.prefix + key, self.algorithm, self.limit, self.window_ms, self.cost
+        )
+        return hit
+
+
+class _Group:
+    """The tiers that may apply to one method, and their policy field when all of them do."""
+
+    __slots__ = ("policy", "tiers")
+
+    def __init__(self, tiers: tuple[_Tier, ...]) -> None:
+        self.tiers = tiers
+        self.policy = b", ".join(tier.policy for tier in tiers)
+
+
+class RateLimitMiddleware:
+    """Limits requests by the tiers of ``settings``, all decided in one atomic store call.
+
+    A request passes only if every applicable tier allows it; a denied one is charged to no
+    tier and gets 429 with ``Retry-After`` and a problem+json body naming the tiers that denied
+    it. Responses carry the IETF ``RateLimit-Policy`` and ``RateLimit`` fields. When the store
+    fails, each tier's ``fail_open`` decides: let the request through (the default) or 503.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: RateLimitStore,
+        settings: RateLimitSettings,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
+        if not isinstance(store, RateLimitStore):
+            raise ConfigurationError(
+                f"{type(store).__name__} does not implement the rate-limit store protocol"
+            )
+        if not isinstance(settings, RateLimitSettings):
+            raise ConfigurationError("settings must be a RateLimitSettings")
+        if not settings.tiers:
+            raise ConfigurationError("RateLimitSettings.tiers is empty: nothing would be limited")
+        self.app = app
+        self.store = store
+        self.settings = settings
+        self.observer = observer
+        self._observe = observer is not NULL_OBSERVER
+        self._backend = store.backend
+        self._headers = settings.headers
+        self._legacy = settings.legacy_headers
+        self._max_body = settings.max_body_bytes
+        self._unavailable_after = b"%d" % settings.store_error_retry_after
+        self._resolver = AddressResolver(
+            settings.trusted_proxies,
+            proxy_header=settings.proxy_header,
+            ipv6_prefix_length=settings.ipv6_prefix_length,
+        )
+        tiers = [_Tier(tier, settings.fail_open) for tier in settings.tiers]
+        # tiers by method, so a request only looks at the tiers that can apply to it
+        pairs = list(zip(tiers, settings.tiers, strict=True))
+        methods = {method for tier in settings.tiers for method in tier.methods}
+        self._any_method = _Group(tuple(t for t, s in pairs if not s.methods))
+        self._by_method = {
+            method: _Group(tuple(t for t, s in pairs if not s.methods or method in s.methods))
+            for method in methods
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        group = self._by_method.get(scope["method"], self._any_method)
+        applicable: list[_Tier] = []
+        needs_body = False
+        for tier in group.tiers:
+            if (
+                tier.everything
+                or path in tier.exact
+                or (tier.pattern is not None and tier.pattern.fullmatch(path) is not None)
+            ):
+                applicable.append(tier)
+                needs_body = needs_body or tier.needs_body
+        if not applicable:
+            await self.app(scope, receive, send)
+            return
+        body = None
+        if needs_body:
+            try:
+                body, receive = await _buffer(scope, receive, self._max_body)
+            except ClientDisconnected:
+                return
+        view = RequestView(scope, self._resolver, body)
+        hits: list[RateLimitHit] = []
+        tiers: list[_Tier] = []
+        for tier in applicable:
+            key = tier.key(view)
+            if key is not None:
+                hit = tier.hits.get(key)
+                hits.append(tier.hit(key) if hit is None else hit)
+                tiers.append(tier)
+        if not hits:
+            await self.app(scope, receive, send)
+            return
+        store = self.store
+        try:
+            if self._observe:
+                decisions = await timed(
+                    self.observer, self._backend, "hit", lambda: store.hit(hits)
+                )
+            else:  # what timed() does for the null observer, minus a frame and a closure
+                decisions = await store.hit(hits)
+        except Exception:
+            # a limiter must never be the reason for a 500: every store fault is a store error
+            logger.warning("rate-limit store failed", exc_info=True)
+            await self._store_failed(scope, receive, send, tiers)
+            return
+        allowed = True
+        for decision in decisions:
+            if not decision.allowed:
+                allowed = False
+                break
+        if self._observe:
+            for tier, decision in zip(tiers, decisions, strict=True):
+                self.observer.rate_limit(
+                    scope, tier.name, "allowed" if decision.allowed else "limited"
+                )
+        if not allowed:
+            await self._deny(scope, send, tiers, decisions)
+            return
+        if not self._headers:
+            await self.app(scope, receive, send)
+            return
+        policy = (
+            group.policy
+            if len(tiers) == len(group.tiers)
+            else b", ".join([tier.policy for tier in tiers])
+        )
+        items: list[LimitItem] = [
+            (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)
+            for t, d in zip(tiers, decisions)  # noqa: B905 - equal lengths by the store contract
+        ]
+        fields = rate_fields(policy, items, legacy=self._legacy)
+
+        async def send_with_fields(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *fields]
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)
+
+    async def _deny(
+        self, scope: Scope, send: Send, tiers: list[_Tier], decisions: list[RateLimitDecision]
+    ) -> None:
+        """429: ``Retry-After`` is the longest wait among the denying tiers, never shorter
+        than any of their ``t``, so a client that obeys it is not turned away again by them."""
+        names: list[str] = []
+        items: list[LimitItem] = []
+        retry_after = 1
+        for tier, decision in zip(tiers, decisions, strict=True):
+            if not decision.allowed:
+                wait = max(1, seconds(decision.retry_after_ms))
+                retry_after = max(retry_after, wait)
+                names.append(tier.name)
+                items.append((decision.remaining, wait, tier.limit_prefix, tier.limit))
+        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
+        fields = [(RETRY_AFTER, b"%d" % retry_after)]
+        if self._headers:
+            policy = b", ".join([tier.policy for tier in tiers])
+            fields += rate_fields(policy, items, legacy=self._legacy)
+        await send_problem(
+            send,
+            429,
+            "quota-exceeded",
+            "Request cannot be satisfied as assigned quota has been exceeded",
+            f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
+            headers=fields,
+            extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
+        )
+
+    async def _store_failed(
+        self, scope: Scope, receive: Receive, send: Send, tiers: list[_Tier]
+    ) -> None:
+        """Fail open (no fields: nothing is known) unless a tier says to fail closed."""
+        closed = False
+        for tier in tiers:
+            self.observer.rate_limit(scope, tier.name, "store_error")
+            closed = closed or not tier.fail_open
+        if not closed:
+            await self.app(scope, receive, send)
+            return
+        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
+        await send_problem(
+            send,
+            503,
+            "rate-limit-store-unavailable",
+            "Rate limit store unavailable",
+            "The request was not run because its rate limits could not be checked.",
+            headers=[(RETRY_AFTER, self._unavailable_after)],
+        )
+
+
+async def _buffer(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """Read the body for a JSON key, up to ``limit`` bytes, and a receive that replays it.
+
+    A body over the limit is not an error here: it yields no body (the key falls back), and
+    the handler still gets every byte, the part already read followed by the rest.
+    """
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        declared = declared.strip()
+        # a length of thousands of digits is too large, and too long for int() to parse
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            return None, receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+        if size > limit:
+            return None, _replay_prefix(b"".join(chunks), more, receive)
+        if not more:
+            body = b"".join(chunks)
+            return body, replay_receive(body, receive)
+
+
+def _replay_prefix(prefix: bytes, more: bool, receive: Receive) -> Receive:
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": prefix, "more_body": more}
+        return await receive()
+
+    return replay
