@@ -1,6 +1,12 @@
 """bastion: pure ASGI middleware that make mutating endpoints safe to retry and to expose."""
 
-from bastion.exceptions import BastionError, ConfigurationError, StoreError, StoreUnavailable
+from bastion.exceptions import (
+    BastionError,
+    ConfigurationError,
+    StoreError,
+    StoreUnavailable,
+    TransactionError,
+)
 from bastion.idempotency import IdempotencyMiddleware
 from bastion.observe import MultiObserver, NullObserver, Observer
 from bastion.settings import IdempotencySettings
@@ -15,6 +21,7 @@ __all__ = [
     "Observer",
     "StoreError",
     "StoreUnavailable",
+    "TransactionError",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -129,3 +129,10 @@ class IdempotencySettings(EnvSettings):
         if not self.header_name.strip():
             raise ConfigurationError("header_name cannot be empty")
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+
+    def keeps(self, status: int) -> bool:
+        """Whether a response with this status is stored for replay; if not, the key is
+        released so that a retry runs the request again."""
+        if status in self.release_statuses:
+            return False
+        return status < 500 or self.store_server_errors
