@@ -171,6 +171,24 @@ async def test_large_response_round_trips(sql_store: SQLStore) -> None:
     assert (await sql_store.claim("big", "fp", "u", lease_ms=LEASE)).response == payload
 
 
+async def test_concurrent_takeover_has_one_winner(sql_store: SQLStore, clock: FakeClock) -> None:
+    """Of many simultaneous claims on a lapsed lease exactly one takes the key over."""
+    await sql_store.claim("hot", "fp", "crashed", lease_ms=1_000)
+    clock.advance(2.0)
+    won: list[str] = []
+
+    async def one(i: int) -> None:
+        if (await sql_store.claim("hot", "fp", f"t{i}", lease_ms=LEASE)).acquired:
+            won.append(f"t{i}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert len(won) == 1
+    assert await sql_store.complete("hot", "crashed", b"stale", ttl_ms=TTL) is False
+    assert await sql_store.complete("hot", won[0], b"fresh", ttl_ms=TTL) is True
+
+
 async def test_duplicate_bucket_in_one_request(sql_store: SQLStore) -> None:
     """Two hits on one bucket in a request are decided like the memory store does."""
     decisions = await sql_store.hit([_hit("same", limit=5), _hit("same", limit=5)])
@@ -197,6 +215,7 @@ def _statements(store: SQLStore) -> Iterator[list[str]]:
         event.remove(store.engine.sync_engine, "before_cursor_execute", record)
 
 
+_TAKE_OVER = ["INSERT", "SELECT", "UPDATE"]  # the conditional UPDATE lets one taker win
 _STATEMENTS: list[tuple[str, Any, list[str]]] = [
     # operation, call, statements on PostgreSQL and SQLite; _MYSQL lists MySQL's differences
     ("claim, free key", lambda s: s.claim("k", "fp", "t", lease_ms=LEASE), ["INSERT"]),
@@ -209,21 +228,27 @@ _STATEMENTS: list[tuple[str, Any, list[str]]] = [
     ("hit, denied", lambda s: s.hit([_hit("a", limit=1)]), ["INSERT"]),
     ("hit, 3 tiers", lambda s: s.hit([_hit(k) for k in "xyz"]), ["INSERT", "UPDATE"]),
     ("ping", lambda s: s.ping(), ["SELECT"]),
+    ("claim, lapsed", lambda s: s.claim("gone", "fp", "t", lease_ms=1), ["INSERT"]),
+    ("claim, take over", lambda s: s.claim("gone", "fp", "u", lease_ms=LEASE), _TAKE_OVER),
 ]
 _MYSQL = {
     "claim, free key": ["INSERT", "SELECT"],
     "hit, allowed": ["INSERT", "SELECT", "UPDATE"],
     "hit, denied": ["INSERT", "SELECT"],
     "hit, 3 tiers": ["INSERT", "SELECT", "UPDATE"],
+    "claim, lapsed": ["INSERT", "SELECT"],
+    "claim, take over": ["INSERT", "SELECT"],  # ON DUPLICATE KEY UPDATE takes it over
 }
 
 
-async def test_statements_per_operation(sql_store: SQLStore) -> None:
+async def test_statements_per_operation(sql_store: SQLStore, clock: FakeClock) -> None:
     """Each primitive costs the statements documented in docs/stores.md, no more: a claim is
     one INSERT plus at most one SELECT, renew/complete/release one statement, a rate-limit
     decision one upsert (plus a locking SELECT on MySQL) and one UPDATE when allowed."""
     mysql = sql_store.engine.dialect.name == "mysql"
     for name, call, expected in _STATEMENTS:
+        if name == "claim, take over":
+            clock.advance(0.01)
         with _statements(sql_store) as seen:
             await call(sql_store)
         assert seen == (_MYSQL.get(name, expected) if mysql else expected), name

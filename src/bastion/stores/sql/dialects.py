@@ -59,6 +59,16 @@ class Dialect:
             .values(response=bindparam("p_response"), expires_at=bindparam("p_until"))
         )
         self.release = delete(r).where(held)
+        self.take_over = (
+            update(r)
+            .where((r.c.key == bindparam("p_key")) & (r.c.expires_at <= bindparam("p_now")))
+            .values(
+                fingerprint=bindparam("p_fingerprint"),
+                token=bindparam("p_token"),
+                response=None,
+                expires_at=bindparam("p_until"),
+            )
+        )
         self.read_record = select(r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at).where(
             r.c.key == bindparam("p_key")
         )
@@ -101,33 +111,35 @@ class Dialect:
     def _claim(self) -> Executable:
         r = self.tables.records
         insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
-        stmt = insert(r).values(
-            key=bindparam("p_key"),
-            fingerprint=bindparam("p_fingerprint"),
-            token=bindparam("p_token"),
-            response=None,
-            expires_at=bindparam("p_until"),
+        # DO NOTHING rather than a conditional DO UPDATE: on PostgreSQL the latter locks the
+        # existing row, which writes to its page and makes every replay wait for a WAL flush
+        return (
+            insert(r)
+            .values(
+                key=bindparam("p_key"),
+                fingerprint=bindparam("p_fingerprint"),
+                token=bindparam("p_token"),
+                response=None,
+                expires_at=bindparam("p_until"),
+            )
+            .on_conflict_do_nothing(index_elements=[r.c.key])
+            .returning(r.c.key)
         )
-        # take the key over only when the record or its lease has run out
-        return stmt.on_conflict_do_update(
-            index_elements=[r.c.key],
-            set_={
-                "fingerprint": stmt.excluded.fingerprint,
-                "token": stmt.excluded.token,
-                "response": None,
-                "expires_at": stmt.excluded.expires_at,
-            },
-            where=r.c.expires_at <= bindparam("p_now"),
-        ).returning(r.c.key)
 
     async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
-        """Insert the record or take it over: (True, None) when acquired, else (False, the
-        current row: token, fingerprint, response, expires_at), or (False, None) when the row
-        vanished between the two statements (outside a transaction)."""
+        """Insert the record, or take it over if it ran out: (True, None) when acquired, else
+        (False, the row holding the key: token, fingerprint, response, expires_at), or
+        (False, None) when another writer changed it between our statements (run again)."""
         if (await conn.execute(self.claim_stmt, params)).first() is not None:
             return True, None
         row = (await conn.execute(self.read_record, {"p_key": params["p_key"]})).first()
-        return False, None if row is None else tuple(row)
+        if row is None:
+            return False, None
+        if row[3] > params["p_now"]:
+            return False, tuple(row)
+        # expired record or lapsed lease: the conditional UPDATE lets exactly one taker win
+        taken = await conn.execute(self.take_over, params)
+        return (True, None) if taken.rowcount == 1 else (False, None)
 
     def _lock_stmt(self, count: int) -> Executable:
         b = self.tables.buckets

@@ -202,11 +202,16 @@ class IdempotentTransaction:
             try:
                 if self._guarded is not None:
                     event.remove(self._guarded, "commit", _refuse_commit)
-                if self._transaction is not None:
-                    if commit:
-                        await self._transaction.commit()
-                    else:
-                        await self._transaction.rollback()
+                transaction, conn = self._transaction, self._conn
+                if transaction is not None and commit:
+                    await transaction.commit()
+                elif transaction is not None and transaction.is_active:
+                    await transaction.rollback()
+                elif conn is not None:
+                    # the handler ended our transaction itself (a refused commit leaves the
+                    # driver's transaction open while SQLAlchemy considers it over): close the
+                    # driver connection, which discards whatever it still holds
+                    await conn.invalidate()
             except CAUGHT as exc:
                 if not quiet:
                     raise wrap(exc, "commit" if commit else "rollback") from exc
