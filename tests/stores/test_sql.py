@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,23 @@ async def test_create_tables_creates_only_the_store_tables(tmp_path: Path) -> No
         names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
     assert sorted(names) == ["bastion_buckets", "bastion_records"]
     await store.aclose()
+
+
+async def test_concurrent_create_tables_all_succeed(sql_store: SQLStore) -> None:
+    """Workers starting together may all call create_tables: none of them fails."""
+    url = sql_store.engine.url.render_as_string(hide_password=False)
+    prefix = f"c{uuid.uuid4().hex[:12]}_"
+    stores = [SQLStore(url=url, table_prefix=prefix) for _ in range(4)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.create_tables)
+        assert (await stores[0].claim("k", "fp", "t", lease_ms=LEASE)).acquired
+    finally:
+        async with stores[0].engine.begin() as conn:
+            await conn.run_sync(stores[0].metadata.drop_all)
+        for store in stores:
+            await store.aclose()
 
 
 async def test_alembic_sees_no_difference_after_create_tables(sql_store: SQLStore) -> None:
@@ -187,6 +205,23 @@ async def test_concurrent_takeover_has_one_winner(sql_store: SQLStore, clock: Fa
     assert len(won) == 1
     assert await sql_store.complete("hot", "crashed", b"stale", ttl_ms=TTL) is False
     assert await sql_store.complete("hot", won[0], b"fresh", ttl_ms=TTL) is True
+
+
+async def test_concurrent_requests_sharing_buckets_in_any_order(sql_store: SQLStore) -> None:
+    """Requests naming the same buckets in opposite orders neither deadlock for good nor
+    overspend: exactly the tighter limit passes and the other bucket is charged as much."""
+    allowed: list[bool] = []
+
+    async def one(i: int) -> None:
+        tiers = [_hit("x", limit=30), _hit("y", limit=1000)]
+        decisions = await sql_store.hit(tiers if i % 2 else tiers[::-1])
+        allowed.append(all(d.allowed for d in decisions))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(one, i)
+    assert allowed.count(True) == 30
+    assert (await sql_store.hit([_hit("y", limit=1000)]))[0].remaining == 1000 - 31
 
 
 async def test_duplicate_bucket_in_one_request(sql_store: SQLStore) -> None:
@@ -354,6 +389,19 @@ async def test_transient_conflict_is_retried(
     failures.extend(_db_error(_Orig("deadlock", sqlstate="40P01")) for _ in range(10))
     with pytest.raises(StoreError, match="deadlock"):
         await sql_store.claim("k2", "fp", "t", lease_ms=LEASE)
+
+
+async def test_endless_race_ends_in_store_error(
+    sql_store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim whose row keeps changing under it gives up with StoreError, not a loop."""
+
+    async def always_lost(conn: Any, params: dict[str, Any]) -> tuple[bool, None]:
+        return False, None
+
+    monkeypatch.setattr(sql_store._dialect, "claim", always_lost)
+    with pytest.raises(StoreError, match="kept racing"):
+        await sql_store.claim("k", "fp", "t", lease_ms=LEASE)
 
 
 # -- construction ---------------------------------------------------------------------------

@@ -11,14 +11,20 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bastion import IdempotencyMiddleware, IdempotencySettings, TransactionError
+from bastion import (
+    IdempotencyMiddleware,
+    IdempotencySettings,
+    StoreError,
+    StoreUnavailable,
+    TransactionError,
+)
 from bastion.idempotency.middleware import SCOPE_KEY, IdempotencyContext
 from bastion.stores import MemoryStore
 from bastion.stores.sql import SQLStore
@@ -88,6 +94,23 @@ async def test_rows_and_record_commit_together(sql_store: SQLStore, orders: Tabl
         first.headers
     )
     assert await _rows(sql_store, orders) == 1
+
+
+async def test_plain_handler_is_stored_by_the_middleware(sql_store: SQLStore) -> None:
+    """Without the helper the middleware stores the response in the SQL store as usual."""
+    calls: list[int] = []
+
+    async def handler(request: Request) -> Response:
+        calls.append(1)
+        return Response(b"\x00binary\xff", status_code=202, media_type="application/octet-stream")
+
+    async with _client(sql_store, handler) as client:
+        first = await client.post("/orders", headers=KEY, json={})
+        again = await client.post("/orders", headers=KEY, json={})
+    assert again.status_code == 202
+    assert again.content == first.content == b"\x00binary\xff"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert calls == [1]
 
 
 async def test_exception_before_commit_leaves_neither(sql_store: SQLStore, orders: Table) -> None:
@@ -283,3 +306,42 @@ async def test_concurrent_duplicates_write_once(sql_store: SQLStore, orders: Tab
     assert await _rows(sql_store, orders) == 1
     assert statuses.count(201) >= 1
     assert set(statuses) <= {201, 409}
+
+
+async def test_second_transaction_after_completion_is_refused(
+    sql_store: SQLStore, orders: Table
+) -> None:
+    """Once a response is stored, another transaction for the request is refused; the first
+    commit stands and the key replays it."""
+
+    async def handler(request: Request) -> Response:
+        response = await _order_handler(sql_store, orders)(request)
+        async with sql_store.transaction(request) as tx:
+            return await tx.complete(response)
+
+    async with _client(sql_store, handler) as client:
+        with pytest.raises(TransactionError, match="already been stored"):
+            await client.post("/orders", headers=KEY, json={})
+        replay = await client.post("/orders", headers=KEY, json={})
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert await _rows(sql_store, orders) == 1
+
+
+async def test_failing_fence_statement_commits_nothing(
+    sql_store: SQLStore, orders: Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error while storing the response raises StoreError and commits nothing."""
+    monkeypatch.setattr(sql_store._dialect, "complete", text("SELECT * FROM no_such_table"))
+    async with _client(sql_store, _order_handler(sql_store, orders)) as client:
+        with pytest.raises(StoreError, match="during complete"):
+            await client.post("/orders", headers=KEY, json={})
+    assert await _rows(sql_store, orders) == 0
+
+
+async def test_unreachable_database_fails_on_entry() -> None:
+    """A transaction that cannot connect raises StoreUnavailable before the handler writes."""
+    store = SQLStore(url="postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    with pytest.raises(StoreUnavailable):
+        async with store.transaction({"type": "http"}):
+            pass
+    await store.aclose()

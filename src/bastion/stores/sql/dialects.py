@@ -202,6 +202,17 @@ class MySQL(Dialect):
     name = "mysql"
     binary_keys = True
 
+    def __init__(self, tables: SQLTables) -> None:
+        super().__init__(tables)
+        b = tables.buckets
+        self._select_buckets = (
+            select(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
+            .where(b.c.key.in_(bindparam("keys", expanding=True)))
+            .order_by(b.c.key)
+            .with_for_update()
+        )
+        self._read_locked = self.read_record.with_for_update()
+
     def _claim(self) -> Executable:
         r = self.tables.records
         stmt = mysql.insert(r).values(
@@ -222,17 +233,6 @@ class MySQL(Dialect):
                 ("expires_at", case((free, stmt.inserted.expires_at), else_=r.c.expires_at)),
             ]
         )
-
-    def __init__(self, tables: SQLTables) -> None:
-        super().__init__(tables)
-        b = tables.buckets
-        self._select_buckets = (
-            select(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
-            .where(b.c.key.in_(bindparam("keys", expanding=True)))
-            .order_by(b.c.key)
-            .with_for_update()
-        )
-        self._read_locked = self.read_record.with_for_update()
 
     async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
         # the affected-row count cannot tell an insert from an untouched duplicate (SQLAlchemy

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Self, TypeVar
 
 import anyio
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -29,7 +29,8 @@ T = TypeVar("T")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 _ATTEMPTS = 5
-"""Tries per operation when concurrent transactions conflict (deadlock, busy SQLite)."""
+"""Tries per transaction when concurrent ones conflict (deadlock, busy SQLite), and per claim
+when the row changes between its statements."""
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
@@ -85,20 +86,19 @@ class SQLStore:
         metadata: MetaData | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if (engine is None) == (url is None):
-            raise ConfigurationError("SQLStore needs exactly one of an engine or a url")
-        if engine is None:
-            assert url is not None
+        if url is not None and engine is None:
             engine = _engine(url, engine_options)
             self._owns_engine = True
-        elif not isinstance(engine, AsyncEngine):
-            raise ConfigurationError(
-                "SQLStore needs an AsyncEngine (sqlalchemy.ext.asyncio.create_async_engine)"
-            )
-        elif engine_options:
-            raise ConfigurationError("engine_options only apply when the store builds the engine")
-        else:
+        elif engine is not None and url is None:
+            if not isinstance(engine, AsyncEngine):
+                raise ConfigurationError(
+                    "SQLStore needs an AsyncEngine (sqlalchemy.ext.asyncio.create_async_engine)"
+                )
+            if engine_options:
+                raise ConfigurationError("engine_options only apply when the store builds one")
             self._owns_engine = False
+        else:
+            raise ConfigurationError("SQLStore needs exactly one of an engine or a url")
         self.engine = engine
         self.metadata = metadata if metadata is not None else MetaData()
         """The `MetaData` holding the store's tables."""
@@ -175,17 +175,37 @@ class SQLStore:
 
     async def create_tables(self) -> None:
         """Create the store's tables and indexes if they do not exist (no other tables of a
-        shared `MetaData`). Use Alembic instead when you manage migrations."""
+        shared `MetaData`). Use Alembic instead when you manage migrations.
 
-        async def work(conn: AsyncConnection) -> None:
-            tables = [self.tables.records, self.tables.buckets]
-            await conn.run_sync(self.metadata.create_all, tables=tables)
+        Several processes may call it at start-up at once: losing the race to create a
+        table is not an error once the tables exist.
+        """
+        tables = [self.tables.records, self.tables.buckets]
+        attempt = 0
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(self.metadata.create_all, tables=tables)
+                return
+            except CAUGHT as exc:
+                # another process created a table first: done if it made both, else go on
+                # (create_all skips what exists)
+                if await self._tables_exist():
+                    return
+                attempt += 1
+                if attempt >= _ATTEMPTS:
+                    raise wrap(exc, "create_tables") from exc
 
+    async def _tables_exist(self) -> bool:
+        names = (self.tables.records.name, self.tables.buckets.name)
         try:
-            async with self.engine.begin() as conn:
-                await work(conn)
-        except CAUGHT as exc:
-            raise wrap(exc, "create_tables") from exc
+            async with self.engine.connect() as conn:
+                found = await conn.run_sync(
+                    lambda sync: [inspect(sync).has_table(name) for name in names]
+                )
+        except CAUGHT:
+            return False
+        return all(found)
 
     async def cleanup(self, *, batch: int = 1000) -> int:
         """Delete expired records and buckets, ``batch`` rows per statement; the count.
