@@ -1,6 +1,12 @@
 """bastion: pure ASGI middleware that make mutating endpoints safe to retry and to expose."""
 
-from bastion.exceptions import BastionError, ConfigurationError, StoreError, StoreUnavailable
+from bastion.exceptions import (
+    BastionError,
+    ConfigurationError,
+    StoreError,
+    StoreUnavailable,
+    TransactionError,
+)
 from bastion.idempotency import IdempotencyMiddleware
 from bastion.metrics import (
     MetricsApp,
@@ -33,6 +39,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Tier",
+    "TransactionError",
     "metrics_app",
 ]
 

@@ -14,6 +14,7 @@ __all__ = [
     "BodyTooLarge",
     "ClientDisconnected",
     "header",
+    "problem_json",
     "read_body",
     "replay_receive",
     "send_problem",
@@ -76,6 +77,22 @@ def replay_receive(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def problem_json(
+    status: int, slug: str, title: str, detail: str, extra: Mapping[str, Any] | None = None
+) -> bytes:
+    """An RFC 9457 problem body; `send_problem` sends one, helpers returning a response object
+    build theirs from it."""
+    problem: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if extra:
+        problem.update(extra)
+    return json.dumps(problem, separators=(",", ":")).encode()
+
+
 async def send_problem(
     send: Send,
     status: int,
@@ -87,15 +104,7 @@ async def send_problem(
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Answer with an RFC 9457 ``application/problem+json`` body."""
-    problem: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if extra:
-        problem.update(extra)
-    body = json.dumps(problem, separators=(",", ":")).encode()
+    body = problem_json(status, slug, title, detail, extra)
     await send(
         {
             "type": "http.response.start",

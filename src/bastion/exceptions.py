@@ -2,6 +2,7 @@
 
     BastionError
     ├── ConfigurationError   bad settings or a missing optional extra, raised at start-up
+    ├── TransactionError     a handler misused SQLStore.transaction
     └── StoreError           a store backend failed (timeout, lost connection, bad reply)
         └── StoreUnavailable the backend could not be reached at all
 
@@ -11,7 +12,13 @@ let it escape as an unhandled 500.
 
 from __future__ import annotations
 
-__all__ = ["BastionError", "ConfigurationError", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "BastionError",
+    "ConfigurationError",
+    "StoreError",
+    "StoreUnavailable",
+    "TransactionError",
+]
 
 
 class BastionError(Exception):
@@ -20,6 +27,12 @@ class BastionError(Exception):
 
 class ConfigurationError(BastionError):
     """Settings that cannot work, or an optional extra that is not installed."""
+
+
+class TransactionError(BastionError):
+    """A handler used `SQLStore.transaction` in a way that would break its guarantee: it
+    committed on its own, left the block without ``tx.complete(response)``, or completed with a
+    response that cannot be stored. The transaction is rolled back rather than committed."""
 
 
 class StoreError(BastionError):

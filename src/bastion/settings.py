@@ -132,6 +132,13 @@ class IdempotencySettings(EnvSettings):
             raise ConfigurationError("header_name cannot be empty")
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
+    def keeps(self, status: int) -> bool:
+        """Whether a response with this status is stored for replay; if not, the key is
+        released so that a retry runs the request again."""
+        if status in self.release_statuses:
+            return False
+        return status < 500 or self.store_server_errors
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimitSettings(EnvSettings):

@@ -8,14 +8,17 @@ tables). Add a backend here and every conformance test runs on it.
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bastion.stores import MemoryStore
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, service_url
 
 StoreFactory = Callable[[FakeClock], AbstractAsyncContextManager[Any]]
 
@@ -25,14 +28,64 @@ async def memory_store(clock: FakeClock) -> AsyncIterator[MemoryStore]:
     yield MemoryStore(clock=clock)
 
 
+@asynccontextmanager
+async def fresh_sql_store(url: str, clock: FakeClock) -> AsyncIterator[Any]:
+    """A SQLStore on its own uniquely prefixed tables, dropped afterwards: other tests and
+    other engineers share the database servers."""
+    from bastion.stores.sql import SQLStore
+
+    store = SQLStore(url=url, table_prefix=f"t{uuid.uuid4().hex[:12]}_", clock=clock)
+    try:
+        await store.create_tables()
+        yield store
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(store.metadata.drop_all)
+        await store.aclose()
+
+
+@asynccontextmanager
+async def sqlite_store(clock: FakeClock) -> AsyncIterator[Any]:
+    # a file, not :memory:, so the pool holds several connections and concurrency is real
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite+aiosqlite:///{Path(directory) / 'bastion.db'}"
+        async with fresh_sql_store(url, clock) as store:
+            yield store
+
+
+@asynccontextmanager
+async def postgres_store(clock: FakeClock) -> AsyncIterator[Any]:
+    async with fresh_sql_store(service_url("BASTION_TEST_POSTGRES_URL"), clock) as store:
+        yield store
+
+
+@asynccontextmanager
+async def mysql_store(clock: FakeClock) -> AsyncIterator[Any]:
+    async with fresh_sql_store(service_url("BASTION_TEST_MYSQL_URL"), clock) as store:
+        yield store
+
+
 STORES: list[Any] = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(sqlite_store, id="sqlite"),
+    pytest.param(postgres_store, marks=pytest.mark.postgres, id="postgres"),
+    pytest.param(mysql_store, marks=pytest.mark.mysql, id="mysql"),
 ]
 """Every backend; real-service entries carry their marker (redis, postgres, mysql)."""
+
+SQL_STORES = [param for param in STORES if param.id in {"sqlite", "postgres", "mysql"}]
+"""The SQL store on each dialect, for SQL-specific tests."""
 
 
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Any]:
     """Each backend in turn, fresh and empty for every test."""
+    async with request.param(clock) as store:
+        yield store
+
+
+@pytest.fixture(params=SQL_STORES)
+async def sql_store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Any]:
+    """The SQL store on each dialect in turn, on fresh tables of its own."""
     async with request.param(clock) as store:
         yield store

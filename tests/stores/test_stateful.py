@@ -22,7 +22,7 @@ from tests.stores.conftest import STORES
 
 KEYS = st.sampled_from(["a", "b", "c"])
 FINGERPRINTS = st.sampled_from(["fp1", "fp2"])
-TOKENS = st.sampled_from(["t1", "t2", "t3", "t4"])
+PICKS = st.integers(min_value=0, max_value=7)
 DURATIONS = st.integers(min_value=1, max_value=5_000)
 
 
@@ -43,6 +43,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.model: dict[str, ModelRecord] = {}
+        self.tokens: list[str] = ["never-claimed"]
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
         self._store_cm = self.portal.wrap_async_context_manager(type(self).factory(self.clock))
@@ -72,8 +73,13 @@ class StoreMachine(RuleBasedStateMachine):
     def start(self) -> None:
         assert self.model == {}
 
-    @rule(key=KEYS, fingerprint=FINGERPRINTS, token=TOKENS, lease=DURATIONS)
-    def claim(self, key: str, fingerprint: str, token: str, lease: int) -> None:
+    def token(self, pick: int) -> str:
+        return self.tokens[pick % len(self.tokens)]
+
+    @rule(key=KEYS, fingerprint=FINGERPRINTS, lease=DURATIONS)
+    def claim(self, key: str, fingerprint: str, lease: int) -> None:
+        token = f"t{len(self.tokens)}"  # the protocol wants a fresh token for every claim
+        self.tokens.append(token)
         got: Claim = self.portal.call(
             lambda: self.store.claim(key, fingerprint, token, lease_ms=lease)
         )
@@ -88,16 +94,18 @@ class StoreMachine(RuleBasedStateMachine):
         if record.response is None:
             assert got.lease_remaining_ms == record.expires_at - self.now()
 
-    @rule(key=KEYS, token=TOKENS, lease=DURATIONS)
-    def renew(self, key: str, token: str, lease: int) -> None:
+    @rule(key=KEYS, pick=PICKS, lease=DURATIONS)
+    def renew(self, key: str, pick: int, lease: int) -> None:
+        token = self.token(pick)
         got = self.portal.call(lambda: self.store.renew(key, token, lease_ms=lease))
         record = self.held(key, token)
         assert got is (record is not None)
         if record is not None:
             record.expires_at = self.now() + lease
 
-    @rule(key=KEYS, token=TOKENS, ttl=DURATIONS, body=st.binary(max_size=16))
-    def complete(self, key: str, token: str, ttl: int, body: bytes) -> None:
+    @rule(key=KEYS, pick=PICKS, ttl=DURATIONS, body=st.binary(max_size=16))
+    def complete(self, key: str, pick: int, ttl: int, body: bytes) -> None:
+        token = self.token(pick)
         got = self.portal.call(lambda: self.store.complete(key, token, body, ttl_ms=ttl))
         record = self.held(key, token)
         assert got is (record is not None)
@@ -105,8 +113,9 @@ class StoreMachine(RuleBasedStateMachine):
             record.response = body
             record.expires_at = self.now() + ttl
 
-    @rule(key=KEYS, token=TOKENS)
-    def release(self, key: str, token: str) -> None:
+    @rule(key=KEYS, pick=PICKS)
+    def release(self, key: str, pick: int) -> None:
+        token = self.token(pick)
         got = self.portal.call(lambda: self.store.release(key, token))
         record = self.held(key, token)
         assert got is (record is not None)

@@ -168,16 +168,30 @@ class IdempotencyContext:
 
     A store that can join the handler's own transaction (the SQL store) uses ``key`` and
     ``token`` to write the response in that transaction and then sets ``completed``, so the
-    middleware does not write it a second time.
+    middleware does not write it a second time. ``store`` and ``settings`` are the
+    middleware's, so such a helper writes to the store holding the lease, with the same TTL
+    and the same rule for which responses are kept (``settings.keeps``). It puts what it
+    stored in ``response``, so the middleware can check that it sent the same response.
     """
 
-    __slots__ = ("completed", "fingerprint", "key", "token")
+    __slots__ = ("completed", "fingerprint", "key", "response", "settings", "store", "token")
 
-    def __init__(self, key: str, token: str, fingerprint: str) -> None:
+    def __init__(
+        self,
+        key: str,
+        token: str,
+        fingerprint: str,
+        *,
+        store: IdempotencyStore | None = None,
+        settings: IdempotencySettings | None = None,
+    ) -> None:
         self.key = key
         self.token = token
         self.fingerprint = fingerprint
+        self.store = store
+        self.settings = settings or IdempotencySettings()
         self.completed = False
+        self.response: bytes | None = None
 
 
 SCOPE_KEY = "bastion.idempotency"
@@ -285,7 +299,7 @@ class _Request:
         mw = self.mw
         capture = _Capture(self.send, mw.settings.max_response_bytes)
         self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
-            self.key, self.token, self.fingerprint
+            self.key, self.token, self.fingerprint, store=mw.store, settings=mw.settings
         )
         error: Exception | None = None
         try:
@@ -310,6 +324,8 @@ class _Request:
         interval = mw._lease_ms / 3000
         while True:
             await anyio.sleep(interval)
+            if self.context is not None and self.context.completed:
+                return  # stored in the handler's own transaction: nothing left to hold
             try:
                 held = await timed(
                     mw.observer,
@@ -321,21 +337,35 @@ class _Request:
                 logger.warning("idempotency store failed to renew a lease", exc_info=True)
                 continue
             if not held:
-                mw.observer.idempotency(self.scope, "lease_lost")
+                if self.context is None or not self.context.completed:
+                    mw.observer.idempotency(self.scope, "lease_lost")
                 return
 
     def _storable(self, capture: _Capture | None) -> bool:
         if capture is None or not capture.complete or capture.overflow:
             return False
-        status = capture.status
-        if status in self.mw.settings.release_statuses:
-            return False
-        return status < 500 or self.mw.settings.store_server_errors
+        return self.mw.settings.keeps(capture.status)
+
+    def _check_sent(self, stored: bytes | None, capture: _Capture | None) -> None:
+        """Warn when the handler stored one response in its transaction and sent another:
+        retries would replay the stored one. Something between this middleware and the
+        handler changed it (compression, added headers) or the handler did after storing."""
+        if stored is None or capture is None or not capture.complete or capture.overflow:
+            return
+        sent = StoredResponse.capture(capture.status, capture.headers, bytes(capture.body))
+        if sent.encode() != stored:
+            logger.warning(
+                "the response sent for an idempotent request differs from the one stored in "
+                "its transaction; retries will replay the stored one (put middleware that "
+                "rewrites responses outside IdempotencyMiddleware, and do not change a "
+                "response after completing it)"
+            )
 
     async def _finish(self, capture: _Capture | None) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
         if self.context is not None and self.context.completed:
+            self._check_sent(self.context.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
         with anyio.CancelScope(shield=True):

@@ -59,8 +59,8 @@ class IdempotencyStore(Store, Protocol):
     """Idempotency records: an in-flight lease that becomes a stored response.
 
     A record holds a fingerprint, a fencing token, and either a lease deadline (in flight) or a
-    stored response (complete). Tokens are opaque strings chosen by the caller; a store only
-    compares them.
+    stored response (complete). Tokens are opaque strings chosen by the caller, fresh for every
+    claim (the middleware draws 128 random bits); a store only compares them.
     """
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:

@@ -1,0 +1,284 @@
+"""The statements each dialect runs for the store's primitives, built once per store.
+
+PostgreSQL and SQLite share ``INSERT … ON CONFLICT … RETURNING``; MySQL and MariaDB have
+neither ``ON CONFLICT`` nor (in MySQL) ``RETURNING``, so they use ``ON DUPLICATE KEY UPDATE``
+and read the row back under the lock that statement took. Statements are built with bind
+parameters once, so SQLAlchemy compiles each of them a single time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    CursorResult,
+    Delete,
+    Executable,
+    bindparam,
+    case,
+    delete,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bastion.exceptions import ConfigurationError
+from bastion.stores.sql.schema import KEY_BYTES, TOKEN_BYTES, SQLTables
+
+__all__ = ["Dialect", "dialect_for"]
+
+Row = tuple[Any, ...]
+"""A row as plain values, in the order of the statement that read it."""
+
+
+class Dialect:
+    """What differs between databases; the defaults are PostgreSQL's and SQLite's."""
+
+    name = "generic"
+    binary_keys = False
+    autocommit = False
+    """Run single statements outside a transaction (saves a BEGIN and a COMMIT round trip)."""
+
+    def __init__(self, tables: SQLTables) -> None:
+        self.tables = tables
+        r = tables.records
+        held = (
+            (r.c.key == bindparam("p_key"))
+            & (r.c.token == bindparam("p_token"))
+            & r.c.response.is_(None)
+            & (r.c.expires_at > bindparam("p_now"))
+        )
+        self.renew = update(r).where(held).values(expires_at=bindparam("p_until"))
+        self.complete = (
+            update(r)
+            .where(held)
+            .values(response=bindparam("p_response"), expires_at=bindparam("p_until"))
+        )
+        self.release = delete(r).where(held)
+        self.take_over = (
+            update(r)
+            .where((r.c.key == bindparam("p_key")) & (r.c.expires_at <= bindparam("p_now")))
+            .values(
+                fingerprint=bindparam("p_fingerprint"),
+                token=bindparam("p_token"),
+                response=None,
+                expires_at=bindparam("p_until"),
+            )
+        )
+        self.read_record = select(r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at).where(
+            r.c.key == bindparam("p_key")
+        )
+        b = tables.buckets
+        self.write_bucket = (
+            update(b)
+            .where(b.c.key == bindparam("b_key"))
+            .values(
+                state_0=bindparam("b_0"),
+                state_1=bindparam("b_1"),
+                state_2=bindparam("b_2"),
+                expires_at=bindparam("b_until"),
+            )
+        )
+        self._lock_buckets: dict[int, Executable] = {}
+        self.claim_stmt = self._claim()
+
+    # -- values ---------------------------------------------------------------------------
+
+    def _bounded(self, value: str, limit: int) -> str | bytes:
+        raw = value.encode()
+        if len(raw) > limit:
+            # equality is all the store needs, and a digest keeps it within the column
+            raw = b"~" + hashlib.sha256(raw).hexdigest().encode()
+        return raw if self.binary_keys else raw.decode()
+
+    def key(self, key: str) -> str | bytes:
+        """The bound value for a key column."""
+        return self._bounded(key, KEY_BYTES)
+
+    def token(self, token: str) -> str | bytes:
+        """The bound value for a token column."""
+        return self._bounded(token, TOKEN_BYTES)
+
+    # -- statements -----------------------------------------------------------------------
+
+    async def begin(self, conn: AsyncConnection) -> None:
+        """Called first in every store transaction (SQLite takes its write lock here)."""
+
+    def _claim(self) -> Executable:
+        r = self.tables.records
+        insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
+        # DO NOTHING rather than a conditional DO UPDATE: on PostgreSQL the latter locks the
+        # existing row, which writes to its page and makes every replay wait for a WAL flush
+        return (
+            insert(r)
+            .values(
+                key=bindparam("p_key"),
+                fingerprint=bindparam("p_fingerprint"),
+                token=bindparam("p_token"),
+                response=None,
+                expires_at=bindparam("p_until"),
+            )
+            .on_conflict_do_nothing(index_elements=[r.c.key])
+            .returning(r.c.key)
+        )
+
+    async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        """Insert the record, or take it over if it ran out: (True, None) when acquired, else
+        (False, the row holding the key: token, fingerprint, response, expires_at), or
+        (False, None) when another writer changed it between our statements (run again)."""
+        if (await conn.execute(self.claim_stmt, params)).first() is not None:
+            return True, None
+        row = (await conn.execute(self.read_record, {"p_key": params["p_key"]})).first()
+        if row is None:
+            return False, None
+        if row[3] > params["p_now"]:
+            return False, tuple(row)
+        # expired record or lapsed lease: the conditional UPDATE lets exactly one taker win
+        taken = await conn.execute(self.take_over, params)
+        return (True, None) if taken.rowcount == 1 else (False, None)
+
+    def _lock_stmt(self, count: int) -> Executable:
+        b = self.tables.buckets
+        insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
+        stmt = insert(b).values([_fresh_bucket(i) for i in range(count)])
+        # a no-op update on conflict still locks the row, and RETURNING hands back its state
+        return stmt.on_conflict_do_update(
+            index_elements=[b.c.key], set_={"state_0": b.c.state_0}
+        ).returning(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
+
+    async def _upsert_buckets(
+        self, conn: AsyncConnection, keys: Sequence[str | bytes]
+    ) -> CursorResult[Any]:
+        stmt = self._lock_buckets.get(len(keys))
+        if stmt is None:
+            stmt = self._lock_buckets[len(keys)] = self._lock_stmt(len(keys))
+        return await conn.execute(stmt, {f"k{i}": key for i, key in enumerate(keys)})
+
+    async def lock_buckets(
+        self, conn: AsyncConnection, keys: Sequence[str | bytes]
+    ) -> dict[Any, Row]:
+        """Create missing buckets and lock all of them, in ``keys`` order (sorted by the
+        caller, so two requests sharing buckets never wait on each other in a cycle)."""
+        result = await self._upsert_buckets(conn, keys)
+        return {row[0]: tuple(row[1:]) for row in result}
+
+    def cleanup(self, table_name: str, now: int, batch: int) -> Delete:
+        """Delete up to ``batch`` rows of the table that expired at ``now``."""
+        table = getattr(self.tables, table_name)
+        expired = table.c.expires_at <= now
+        victims = select(table.c.key).where(expired).limit(batch)
+        # the outer condition is re-checked on the latest row version, so a record taken over
+        # between the subquery and the delete is kept
+        return delete(table).where(table.c.key.in_(victims)).where(expired)
+
+
+def _fresh_bucket(i: int) -> dict[str, Any]:
+    # expires_at 0: already expired, so it reads as "no state" until a decision is written
+    return {"key": bindparam(f"k{i}"), "state_0": 0, "state_1": 0, "state_2": 0, "expires_at": 0}
+
+
+class PostgreSQL(Dialect):
+    name = "postgresql"
+    autocommit = True
+
+
+class SQLite(Dialect):
+    name = "sqlite"
+
+    async def begin(self, conn: AsyncConnection) -> None:
+        # SQLite has one writer at a time: take the write lock up front, so a transaction
+        # never reads, then fails to upgrade with "database is locked" half way through. The
+        # sqlite3 driver has not begun a transaction unless the application made it do so.
+        raw = await conn.get_raw_connection()
+        if not getattr(raw.driver_connection, "in_transaction", True):
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class MySQL(Dialect):
+    name = "mysql"
+    binary_keys = True
+
+    def __init__(self, tables: SQLTables) -> None:
+        super().__init__(tables)
+        b = tables.buckets
+        self._select_buckets = (
+            select(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
+            .where(b.c.key.in_(bindparam("keys", expanding=True)))
+            .order_by(b.c.key)
+            .with_for_update()
+        )
+        self._read_locked = self.read_record.with_for_update()
+
+    def _claim(self) -> Executable:
+        r = self.tables.records
+        stmt = mysql.insert(r).values(
+            key=bindparam("p_key"),
+            fingerprint=bindparam("p_fingerprint"),
+            token=bindparam("p_token"),
+            response=None,
+            expires_at=bindparam("p_until"),
+        )
+        free = r.c.expires_at <= bindparam("p_now")
+        # MySQL applies these in order and later ones see earlier results: expires_at, which
+        # the condition reads, must be assigned last
+        return stmt.on_duplicate_key_update(
+            [
+                ("fingerprint", case((free, stmt.inserted.fingerprint), else_=r.c.fingerprint)),
+                ("token", case((free, stmt.inserted.token), else_=r.c.token)),
+                ("response", case((free, None), else_=r.c.response)),
+                ("expires_at", case((free, stmt.inserted.expires_at), else_=r.c.expires_at)),
+            ]
+        )
+
+    async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        # the affected-row count cannot tell an insert from an untouched duplicate (SQLAlchemy
+        # sets CLIENT_FOUND_ROWS), so read the row back, still locked by the upsert
+        await conn.execute(self.claim_stmt, params)
+        row = (await conn.execute(self._read_locked, {"p_key": params["p_key"]})).first()
+        if row is None:
+            return False, None
+        return (True, None) if row[0] == params["p_token"] else (False, tuple(row))
+
+    def _lock_stmt(self, count: int) -> Executable:
+        b = self.tables.buckets
+        stmt = mysql.insert(b).values([_fresh_bucket(i) for i in range(count)])
+        # a no-op update on a duplicate still takes its exclusive row lock
+        return stmt.on_duplicate_key_update(state_0=b.c.state_0)
+
+    async def lock_buckets(
+        self, conn: AsyncConnection, keys: Sequence[str | bytes]
+    ) -> dict[Any, Row]:
+        await self._upsert_buckets(conn, keys)
+        result = await conn.execute(self._select_buckets, {"keys": list(keys)})
+        return {row[0]: tuple(row[1:]) for row in result}
+
+    def cleanup(self, table_name: str, now: int, batch: int) -> Delete:
+        # MySQL refuses a subquery on the table being deleted from, but has DELETE … LIMIT
+        table = getattr(self.tables, table_name)
+        return (
+            delete(table).where(table.c.expires_at <= now).with_dialect_options(mysql_limit=batch)
+        )
+
+
+PING = text("SELECT 1")
+
+_DIALECTS: dict[str, type[Dialect]] = {
+    "postgresql": PostgreSQL,
+    "sqlite": SQLite,
+    "mysql": MySQL,
+    "mariadb": MySQL,
+}
+
+
+def dialect_for(name: str, tables: SQLTables) -> Dialect:
+    """The statements for a SQLAlchemy dialect name, or `ConfigurationError`."""
+    try:
+        return _DIALECTS[name](tables)
+    except KeyError:
+        raise ConfigurationError(
+            f"the SQL store supports PostgreSQL, SQLite and MySQL/MariaDB, not {name!r}"
+        ) from None

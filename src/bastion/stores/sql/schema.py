@@ -1,0 +1,109 @@
+"""The two tables of the SQL store, defined on a `MetaData` you can migrate with Alembic.
+
+Times are BIGINT milliseconds from the store's clock, never database timestamps, so every
+backend compares the same integers the memory and Redis stores use. Key and token columns
+compare byte for byte on every dialect: PostgreSQL gets the ``C`` collation and MySQL/MariaDB
+``VARBINARY``, because a case-insensitive or space-padding collation would make two distinct
+keys (or a stale fencing token and the live one) compare equal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeEngine
+
+from bastion.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_PREFIX", "KEY_BYTES", "SQLTables", "build_metadata", "define_tables"]
+
+DEFAULT_PREFIX = "bastion_"
+KEY_BYTES = 255
+"""Longest key stored as is (UTF-8 bytes); longer keys are stored as a SHA-256 digest."""
+TOKEN_BYTES = 96
+FINGERPRINT_LENGTH = 255
+_MAX_PREFIX = 40  # leaves room for "ix_<prefix>buckets_expires_at" within 63 characters
+_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _exact(length: int) -> TypeEngine[str]:
+    return (
+        String(length)
+        .with_variant(String(length, collation="C"), "postgresql")
+        .with_variant(mysql.VARBINARY(length), "mysql", "mariadb")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SQLTables:
+    """The store's tables: ``records`` (idempotency) and ``buckets`` (rate limits)."""
+
+    records: Table
+    buckets: Table
+
+
+def _records(metadata: MetaData, prefix: str) -> Table:
+    name = f"{prefix}records"
+    return Table(
+        name,
+        metadata,
+        Column("key", _exact(KEY_BYTES), primary_key=True),
+        Column("fingerprint", String(FINGERPRINT_LENGTH), nullable=False),
+        Column("token", _exact(TOKEN_BYTES), nullable=False),
+        # NULL while in flight; up to 4 GiB on MySQL, where a plain BLOB stops at 64 KiB
+        Column("response", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+        # the lease deadline while in flight, the end of the replay TTL once complete
+        Column("expires_at", BigInteger, nullable=False),
+        Index(f"ix_{name}_expires_at", "expires_at"),
+    )
+
+
+def _buckets(metadata: MetaData, prefix: str) -> Table:
+    name = f"{prefix}buckets"
+    return Table(
+        name,
+        metadata,
+        Column("key", _exact(KEY_BYTES), primary_key=True),
+        # `bastion.ratelimit.algorithms.State`, whose meaning depends on the algorithm
+        Column("state_0", BigInteger, nullable=False),
+        Column("state_1", BigInteger, nullable=False),
+        Column("state_2", BigInteger, nullable=False),
+        # a bucket whose expires_at has passed holds no state (a fresh bucket is inserted at 0)
+        Column("expires_at", BigInteger, nullable=False),
+        Index(f"ix_{name}_expires_at", "expires_at"),
+    )
+
+
+def check_prefix(prefix: str) -> str:
+    """Refuse prefixes that would need quoting or overflow identifier limits."""
+    if not _PREFIX.match(prefix) or len(prefix) > _MAX_PREFIX:
+        raise ConfigurationError(
+            f"table_prefix {prefix!r} must be a SQL identifier of at most {_MAX_PREFIX} "
+            "letters, digits and underscores"
+        )
+    return prefix
+
+
+def define_tables(metadata: MetaData, prefix: str = DEFAULT_PREFIX) -> SQLTables:
+    """Add the store's tables to ``metadata`` (yours, for Alembic), or find them there.
+
+    Calling it twice with the same prefix returns the tables defined the first time, so an
+    application can define them in its models module and hand the same `MetaData` to
+    `SQLStore`.
+    """
+    check_prefix(prefix)
+    found = [metadata.tables.get(f"{prefix}{name}") for name in ("records", "buckets")]
+    records = found[0] if found[0] is not None else _records(metadata, prefix)
+    buckets = found[1] if found[1] is not None else _buckets(metadata, prefix)
+    return SQLTables(records, buckets)
+
+
+def build_metadata(prefix: str = DEFAULT_PREFIX) -> MetaData:
+    """A fresh `MetaData` holding only the store's tables, named ``<prefix>records`` and
+    ``<prefix>buckets``; pass it to Alembic's ``target_metadata`` beside your own."""
+    metadata = MetaData()
+    define_tables(metadata, prefix)
+    return metadata

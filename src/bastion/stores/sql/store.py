@@ -1,0 +1,342 @@
+"""`SQLStore`: idempotency records and rate-limit buckets in PostgreSQL, SQLite or MySQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Self, TypeVar
+
+import anyio
+from sqlalchemy import MetaData, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from bastion.exceptions import ConfigurationError, StoreError
+from bastion.ratelimit.algorithms import State, decide, expires_at
+from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores.sql.dialects import PING, Dialect, dialect_for
+from bastion.stores.sql.errors import CAUGHT, backoff, is_transient, wrap
+from bastion.stores.sql.schema import DEFAULT_PREFIX, define_tables
+from bastion.stores.sql.transaction import IdempotentTransaction
+from bastion.typing import Clock, Scope
+
+__all__ = ["SQLStore"]
+
+T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+_ATTEMPTS = 5
+"""Tries per transaction when concurrent ones conflict (deadlock, busy SQLite), and per claim
+when the row changes between its statements."""
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+}
+_CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "asyncmy": "connect_timeout"}
+
+
+def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
+    """An async engine for ``url``; a URL without a driver gets the async one we test with."""
+    try:
+        parsed = make_url(url)
+        if "+" not in parsed.drivername and parsed.drivername in _DRIVERS:
+            parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+        kwargs = dict(options or {})
+        timeout_arg = _CONNECT_TIMEOUT_ARG.get(parsed.get_driver_name())
+        if timeout_arg is not None:
+            connect_args = {timeout_arg: DEFAULT_CONNECT_TIMEOUT, **kwargs.get("connect_args", {})}
+            kwargs["connect_args"] = connect_args
+        return create_async_engine(parsed, **kwargs)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the driver for {url.split(':', 1)[0]!r} is not installed ({exc.name}): install "
+            "asyncpg (PostgreSQL), aiosqlite (SQLite) or asyncmy (MySQL/MariaDB)"
+        ) from exc
+    except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ValueError) as exc:
+        raise ConfigurationError(f"cannot build an async SQL engine from this URL: {exc}") from exc
+
+
+class SQLStore:
+    """Idempotency records and rate-limit buckets in a SQL database shared by every process.
+
+    Each primitive is a single statement or one short transaction; see ``docs/stores.md``
+    for the statements per dialect. ``engine`` is your `AsyncEngine` (left open by `aclose`)
+    or ``url`` builds one the store owns. The tables are ``<table_prefix>records`` and
+    ``<table_prefix>buckets``, defined on ``metadata`` (yours, for Alembic) or a private one;
+    `create_tables` creates them for the simple path. ``clock`` returns seconds and is
+    injectable so tests never sleep: every process must share a synchronised clock, as lease
+    deadlines written by one are read by the others.
+    """
+
+    backend = "sql"
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None = None,
+        *,
+        url: str | None = None,
+        table_prefix: str = DEFAULT_PREFIX,
+        clock: Clock = time.time,
+        metadata: MetaData | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if url is not None and engine is None:
+            engine = _engine(url, engine_options)
+            self._owns_engine = True
+        elif engine is not None and url is None:
+            if not isinstance(engine, AsyncEngine):
+                raise ConfigurationError(
+                    "SQLStore needs an AsyncEngine (sqlalchemy.ext.asyncio.create_async_engine)"
+                )
+            if engine_options:
+                raise ConfigurationError("engine_options only apply when the store builds one")
+            self._owns_engine = False
+        else:
+            raise ConfigurationError("SQLStore needs exactly one of an engine or a url")
+        self.engine = engine
+        self.metadata = metadata if metadata is not None else MetaData()
+        """The `MetaData` holding the store's tables."""
+        self.tables = define_tables(self.metadata, table_prefix)
+        self._dialect: Dialect = dialect_for(engine.dialect.name, self.tables)
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect.autocommit
+            else engine
+        )
+        # an in-memory SQLite database lives in one shared connection: take turns on it
+        self._serial = anyio.Lock() if isinstance(engine.pool, StaticPool) else None
+        self._clock = clock
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """A store owning an engine built from a SQLAlchemy URL (``postgresql+asyncpg://…``,
+        ``sqlite+aiosqlite:///path.db``, ``mysql+asyncmy://…``); a URL naming no driver gets
+        the one above. ``engine_options`` go to `create_async_engine`."""
+        return cls(url=url, **options)
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connect(self, *, transaction: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A connection in a store transaction (SQLite: holding the write lock), committed
+        when the block ends, rolled back when it raises. Errors are not mapped here."""
+        async with AsyncExitStack() as stack:
+            if self._serial is not None:
+                await stack.enter_async_context(self._serial)
+            if not transaction:
+                yield await stack.enter_async_context(self._single.connect())
+                return
+            conn = await stack.enter_async_context(self.engine.connect())
+            await stack.enter_async_context(conn.begin())
+            await self._dialect.begin(conn)
+            yield conn
+
+    async def _run(
+        self,
+        operation: str,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        single: bool = False,
+    ) -> T:
+        """Run ``work`` in one transaction (or, for a single statement on a dialect that
+        allows it, outside one), again on transient conflicts, mapping every failure."""
+        attempt = 0
+        while True:
+            try:
+                async with self._connect(
+                    transaction=not (single and self._dialect.autocommit)
+                ) as conn:
+                    return await work(conn)
+            except CAUGHT as exc:
+                attempt += 1
+                if attempt < _ATTEMPTS and is_transient(exc):
+                    await anyio.sleep(backoff(attempt))
+                    continue
+                raise wrap(exc, operation) from exc
+
+    async def ping(self) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(PING)
+
+        await self._run("ping", work, single=True)
+
+    async def aclose(self) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def create_tables(self) -> None:
+        """Create the store's tables and indexes if they do not exist (no other tables of a
+        shared `MetaData`). Use Alembic instead when you manage migrations.
+
+        Several processes may call it at start-up at once: losing the race to create a
+        table is not an error once the tables exist.
+        """
+        tables = [self.tables.records, self.tables.buckets]
+        attempt = 0
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(self.metadata.create_all, tables=tables)
+                return
+            except CAUGHT as exc:
+                # another process created a table first: done if it made both, else go on
+                # (create_all skips what exists)
+                if await self._tables_exist():
+                    return
+                attempt += 1
+                if attempt >= _ATTEMPTS:
+                    raise wrap(exc, "create_tables") from exc
+
+    async def _tables_exist(self) -> bool:
+        names = (self.tables.records.name, self.tables.buckets.name)
+        try:
+            async with self.engine.connect() as conn:
+                found = await conn.run_sync(
+                    lambda sync: [inspect(sync).has_table(name) for name in names]
+                )
+        except CAUGHT:
+            return False
+        return all(found)
+
+    async def cleanup(self, *, batch: int = 1000) -> int:
+        """Delete expired records and buckets, ``batch`` rows per statement; the count.
+
+        Expired rows are already ignored, so this only reclaims space: run it every few
+        minutes from a scheduler or a background task. Each batch is its own short
+        transaction, so it never holds many locks.
+        """
+        if batch < 1:
+            raise ConfigurationError("batch must be at least 1")
+        total = 0
+        for table in ("records", "buckets"):
+            while True:
+
+                async def work(conn: AsyncConnection, table: str = table) -> int:
+                    stmt = self._dialect.cleanup(table, self._now(), batch)
+                    return (await conn.execute(stmt)).rowcount
+
+                deleted = await self._run("cleanup", work, single=True)
+                total += deleted
+                if deleted < batch:
+                    break
+        return total
+
+    def transaction(self, request: Any) -> IdempotentTransaction:
+        """A transaction for a handler's own writes that also stores its response.
+
+        ``async with store.transaction(request) as tx:`` gives ``tx.connection``; write your
+        rows with it and finish with ``return await tx.complete(response)``. The business
+        rows and the idempotency record commit together or not at all. ``request`` is a
+        Starlette `Request` or an ASGI scope.
+        """
+        scope: Scope = getattr(request, "scope", request)
+        return IdempotentTransaction(self, scope)
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+        dialect = self._dialect
+        params: dict[str, Any] = {
+            "p_key": dialect.key(key),
+            "p_token": dialect.token(token),
+            "p_fingerprint": fingerprint,
+        }
+
+        async def work(conn: AsyncConnection) -> Claim | None:
+            now = self._now()
+            params["p_now"], params["p_until"] = now, now + lease_ms
+            acquired, row = await dialect.claim(conn, params)
+            if acquired:
+                return Claim(True, fingerprint)
+            if row is None:
+                return None  # released between our two statements: try again
+            _, held_fingerprint, response, until = row
+            if response is None and until <= now:
+                return None  # its lease ran out between our two statements: try again
+            remaining = until - now if response is None else 0
+            return Claim(False, held_fingerprint, response, remaining)
+
+        for _ in range(_ATTEMPTS):
+            claim = await self._run("claim", work, single=True)
+            if claim is not None:
+                return claim
+        raise StoreError(f"claim on {key!r} kept racing with other writers; try again")
+
+    def _held(self, key: str, token: str, now: int) -> dict[str, Any]:
+        return {
+            "p_key": self._dialect.key(key),
+            "p_token": self._dialect.token(token),
+            "p_now": now,
+        }
+
+    async def _update(
+        self, operation: str, stmt: Any, params: Callable[[int], dict[str, Any]]
+    ) -> bool:
+        async def work(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(stmt, params(self._now()))).rowcount == 1)
+
+        return await self._run(operation, work, single=True)
+
+    async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
+        return await self._update(
+            "renew",
+            self._dialect.renew,
+            lambda now: {**self._held(key, token, now), "p_until": now + lease_ms},
+        )
+
+    async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
+        return await self._update(
+            "complete",
+            self._dialect.complete,
+            lambda now: {
+                **self._held(key, token, now),
+                "p_response": response,
+                "p_until": now + ttl_ms,
+            },
+        )
+
+    async def release(self, key: str, token: str) -> bool:
+        return await self._update(
+            "release", self._dialect.release, lambda now: self._held(key, token, now)
+        )
+
+    # -- rate limits ----------------------------------------------------------------------
+
+    async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
+        if not hits:
+            return []
+        dialect = self._dialect
+        keys = [dialect.key(one.key) for one in hits]
+        ordered = sorted(set(keys))
+
+        async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
+            rows = await dialect.lock_buckets(conn, ordered)
+            now = self._now()  # read after the locks, so it never runs behind a writer's
+            decisions: list[RateLimitDecision] = []
+            writes: dict[Any, dict[str, Any]] = {}
+            for one, key in zip(hits, keys, strict=True):
+                *values, until = rows[key]
+                state: State | None = None if until <= now else (values[0], values[1], values[2])
+                decision, new = decide(one, state, now)
+                decisions.append(decision)
+                writes[key] = {
+                    "b_key": key,
+                    "b_0": new[0],
+                    "b_1": new[1],
+                    "b_2": new[2],
+                    "b_until": expires_at(one, new),
+                }
+            if all(d.allowed for d in decisions):
+                await conn.execute(dialect.write_bucket, list(writes.values()))
+            return decisions
+
+        return await self._run("hit", work)
