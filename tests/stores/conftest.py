@@ -16,6 +16,7 @@ import pytest
 
 from bastion.stores import MemoryStore
 from tests.conftest import FakeClock
+from tests.stores.redis_support import fakeredis_store, redis_store
 
 StoreFactory = Callable[[FakeClock], AbstractAsyncContextManager[Any]]
 
@@ -27,6 +28,8 @@ async def memory_store(clock: FakeClock) -> AsyncIterator[MemoryStore]:
 
 STORES: list[Any] = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(fakeredis_store, id="fakeredis"),
+    pytest.param(redis_store, marks=pytest.mark.redis, id="redis"),
 ]
 """Every backend; real-service entries carry their marker (redis, postgres, mysql)."""
 
