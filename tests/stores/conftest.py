@@ -33,6 +33,9 @@ STORES: list[Any] = [
 ]
 """Every backend; real-service entries carry their marker (redis, postgres, mysql)."""
 
+REDIS_STORES = [p for p in STORES if p.id in {"fakeredis", "redis"}]
+"""The Redis rows of the table, for the Redis-specific tests."""
+
 
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Any]:

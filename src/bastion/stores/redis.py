@@ -227,6 +227,11 @@ class RedisStore:
         ``max_connections``, …) and bastion (``prefix``, ``hash_tag``)."""
         return cls(url=url, **options)
 
+    @property
+    def client(self) -> Any:
+        """The redis-py client underneath, for health checks and tooling."""
+        return self._client
+
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
