@@ -52,7 +52,7 @@ __all__ = [
 DEFAULT_PREFIX = "bastion"
 DEFAULT_SOCKET_TIMEOUT = 0.25
 DEFAULT_EXPIRY_SLACK_MS = 1_000
-DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_MAX_CONNECTIONS = 16
 MAX_TIER_SPAN = 2**50
 """The largest ``(limit + cost) * window_ms`` a tier may have on Redis.
 
