@@ -12,28 +12,17 @@ TTL in the same command that writes them, only so Redis frees what nobody asks f
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
-from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable, missing_extra
+from bastion.exceptions import ConfigurationError, missing_extra
 from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.typing import Clock
 
 try:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import (
-        NoScriptError,
-        RedisClusterException,
-        RedisError,
-    )
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    from bastion.stores import _redis_client as _rc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without redis-py
     raise missing_extra("redis", "redis") from exc
 
 if TYPE_CHECKING:
@@ -62,86 +51,6 @@ requests per day or a million per eleven days.
 """
 
 _ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
-_URL_OPTIONS = ("prefix", "hash_tag")
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-class _Client(Protocol):
-    """The few redis-py calls the store makes; `Redis` and `RedisCluster` both offer them."""
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]: ...
-    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]: ...
-    def ping(self) -> Awaitable[Any]: ...
-    def aclose(self) -> Awaitable[None]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    name: str
-    source: str
-    sha: str
-
-
-@cache
-def _script(name: str) -> _Script:
-    source = resources.files("bastion.stores").joinpath(f"lua/{name}.lua").read_text("utf-8")
-    return _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
-
-
-def _error(exc: BaseException, operation: str) -> StoreError:
-    if isinstance(exc, _UNREACHABLE):
-        return StoreUnavailable(f"redis unreachable during {operation}: {exc}")
-    return StoreError(f"redis failed during {operation}: {exc}")
-
-
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Take bastion's own options (``?prefix=…&hash_tag=…``) out of a redis URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in _URL_OPTIONS}
-    rest = urlencode([(k, v) for k, v in query if k not in _URL_OPTIONS])
-    return urlunsplit(parts._replace(query=rest)), ours
-
-
-@dataclass(frozen=True, slots=True)
-class _Timeouts:
-    socket: float
-    connect: float
-    pool: float
-    retries: int
-    max_connections: int
-
-
-def _connect(url: str, limits: _Timeouts) -> Any:
-    """A client whose every failure surfaces within the timeouts instead of being retried.
-
-    Connections come from a blocking pool: a burst beyond ``max_connections`` waits up to the
-    pool timeout for a free connection instead of failing (redis-py's default pool raises at
-    once, which would turn a traffic spike into store errors).
-    """
-    from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    options: dict[str, Any] = {
-        "socket_timeout": limits.socket,
-        "socket_connect_timeout": limits.connect,
-        "retry": Retry(NoBackoff(), limits.retries),
-        "decode_responses": False,
-    }
-    scheme, _, rest = url.partition("://")
-    if scheme.endswith("+cluster"):
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(
-            f"{scheme.removesuffix('+cluster')}://{rest}",
-            max_connections=limits.max_connections,
-            **options,
-        )
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=limits.max_connections, timeout=limits.pool, **options
-    )
-    return Redis.from_pool(pool)
 
 
 def _check_name(what: str, value: str) -> None:
@@ -154,10 +63,12 @@ class RedisStore:
 
     Pass a redis-py asyncio ``client`` (``Redis`` or ``RedisCluster``, which the store never
     closes) or a ``url`` (the store builds and owns its client). Clients the store builds fail
-    fast: ``socket_timeout`` bounds each operation and ``retries`` defaults to none, so while
-    Redis is down each call raises `StoreUnavailable` within the timeout and the middleware's
-    fail-open or fail-closed policy answers at once. Broken connections are replaced on the next
-    call, so service resumes by itself when Redis is back.
+    fast: ``socket_timeout`` bounds each command (``socket_connect_timeout`` and
+    ``pool_timeout`` default to it) and ``retries`` defaults to none, so while Redis is down
+    each call raises `StoreUnavailable` within the timeout and the middleware's fail-open or
+    fail-closed policy answers at once. Broken connections are replaced on the next call, so
+    service resumes by itself when Redis is back. At most ``max_connections`` (16 by default)
+    connections are opened per process; a burst beyond that waits for a free one.
 
     Expiry is decided on the clock, and each key's Redis TTL outlives it by ``expiry_slack_ms``
     so that processes whose clocks differ by less than that agree on what is still alive.
@@ -180,38 +91,43 @@ class RedisStore:
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         socket_connect_timeout: float | None = None,
         retries: int = 0,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
         pool_timeout: float | None = None,
         expiry_slack_ms: int = DEFAULT_EXPIRY_SLACK_MS,
     ) -> None:
         if (client is None) == (url is None):
             raise ConfigurationError("RedisStore needs exactly one of `client` or `url`")
         if url is not None:
-            url, url_options = _split_url(url)
+            url, url_options = _rc.split_url(url)
             prefix = url_options.get("prefix", prefix)
             hash_tag = url_options.get("hash_tag", hash_tag)
         hash_tag = prefix if hash_tag is None else hash_tag
         _check_name("prefix", prefix)
         _check_name("hash_tag", hash_tag)
-        if expiry_slack_ms < 0 or socket_timeout <= 0 or retries < 0 or max_connections < 1:
+        if (
+            expiry_slack_ms < 0
+            or socket_timeout <= 0
+            or retries < 0
+            or (max_connections is not None and max_connections < 1)
+        ):
             raise ConfigurationError(
                 "expiry_slack_ms and retries must be >= 0, socket_timeout positive and "
                 "max_connections at least 1"
             )
-        if client is not None and _decodes_responses(client):
+        if client is not None and _rc.decodes_responses(client):
             raise ConfigurationError(
                 "RedisStore needs a client with decode_responses=False: stored responses are bytes"
             )
         if url is not None:
-            limits = _Timeouts(
-                socket=socket_timeout,
-                connect=socket_connect_timeout or socket_timeout,
-                pool=socket_timeout if pool_timeout is None else pool_timeout,
+            options = _rc.ClientOptions(
+                socket_timeout=socket_timeout,
+                connect_timeout=socket_connect_timeout or socket_timeout,
+                pool_timeout=socket_timeout if pool_timeout is None else pool_timeout,
                 retries=retries,
                 max_connections=max_connections,
             )
-            client = _connect(url, limits)
-        self._client = cast(_Client, client)
+            client = _rc.connect(url, options, DEFAULT_MAX_CONNECTIONS)
+        self._client = cast(_rc.Client, client)
         self._owns_client = url is not None
         self._slack = expiry_slack_ms
         self._clock = clock
@@ -244,23 +160,10 @@ class RedisStore:
         return self._bucket_prefix + key
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = _script(name)
-        client = self._client
-        try:
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # the server's script cache is empty (restart, failover, SCRIPT FLUSH): EVAL
-                # runs the script and caches it again in this same single round trip
-                return await client.eval(script.source, len(keys), *keys, *args)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _error(exc, name) from exc
+        return await _rc.run_script(self._client, name, keys, args)
 
     async def ping(self) -> None:
-        try:
-            await self._client.ping()
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _error(exc, "ping") from exc
+        await _rc.ping(self._client)
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -341,10 +244,3 @@ class RedisStore:
             )
             for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
         ]
-
-
-def _decodes_responses(client: Any) -> bool:
-    try:
-        return bool(client.get_encoder().decode_responses)
-    except AttributeError:
-        return False
