@@ -7,6 +7,7 @@ port, never the shared one other test runs use.
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -24,9 +26,16 @@ import bastion.stores
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
 from bastion.stores import RateLimitHit
 from bastion.stores.redis import MAX_TIER_SPAN, RedisStore
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, service_url
 from tests.stores.conftest import REDIS_STORES
-from tests.stores.redis_support import PrivateRedis, fakeredis_store, free_port, private_redis
+from tests.stores.redis_support import (
+    PrivateRedis,
+    delete_prefix,
+    fakeredis_store,
+    free_port,
+    private_redis,
+    unique_prefix,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +123,32 @@ def test_needs_exactly_one_of_client_and_url() -> None:
         RedisStore()
     with pytest.raises(ConfigurationError):
         RedisStore(Redis(), url="redis://localhost")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"socket_timeout": 0},
+        {"retries": -1},
+        {"max_connections": 0},
+        {"expiry_slack_ms": -1},
+    ],
+)
+def test_impossible_client_options_are_refused(option: dict[str, int]) -> None:
+    """Timeouts, retries, pool size and slack are checked when the store is built."""
+    with pytest.raises(ConfigurationError):
+        RedisStore(url="redis://localhost", **option)
+
+
+async def test_a_client_passed_in_is_left_open(clock: FakeClock) -> None:
+    """The store closes only the clients it built; yours stays usable after aclose()."""
+    import fakeredis
+
+    client = fakeredis.FakeAsyncRedis()
+    store = RedisStore(client, clock=clock)
+    await store.aclose()
+    assert await client.ping()
+    await client.aclose()
 
 
 def test_client_decoding_responses_is_refused() -> None:
@@ -381,7 +416,9 @@ async def test_every_primitive_runs_on_redis_cluster(tmp_path: Path, clock: Fake
     extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
     with private_redis(tmp_path, *extra) as server:
         admin = Redis.from_url(server.url)
-        store = RedisStore.from_url(f"redis+cluster://127.0.0.1:{server.port}", clock=clock)
+        store = RedisStore.from_url(
+            f"redis+cluster://127.0.0.1:{server.port}", clock=clock, max_connections=8
+        )
         try:
             await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             await _wait_for_cluster(admin)
@@ -420,3 +457,31 @@ def test_missing_redis_extra_names_the_extra() -> None:
         "except ConfigurationError as exc:\n    print(exc)"
     )
     assert "bastion[redis]" in done.stdout, done.stderr
+
+
+# -- the example ----------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_example_replays_across_its_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/redis_store_app.py runs a payment once and replays it from Redis."""
+    url = service_url("BASTION_TEST_REDIS_URL")
+    prefix = unique_prefix()
+    monkeypatch.setenv("REDIS_URL", f"{url}?prefix={prefix}")  # URL options win over kwargs
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "redis_store_app.py"))
+    transport = httpx.ASGITransport(app=example["app"])
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/readyz")).json() == {"redis": "up"}
+            headers = {"Idempotency-Key": "pay-1"}
+            first = await client.post("/payments", json={"amount": 5}, headers=headers)
+            again = await client.post("/payments", json={"amount": 5}, headers=headers)
+            keyless = await client.post("/payments", json={"amount": 5})
+        assert first.status_code == again.status_code == 201
+        assert again.content == first.content
+        assert again.headers["idempotent-replayed"] == "true"
+        assert keyless.status_code == 400
+        assert example["STORE"].prefix == prefix
+    finally:
+        await example["STORE"].aclose()
+        await delete_prefix(url, prefix)

@@ -135,7 +135,5 @@ def connect(url: str, options: ClientOptions, default_max_connections: int) -> A
 
 def decodes_responses(client: Any) -> bool:
     """Whether a client turns replies into str, which would corrupt stored binary responses."""
-    try:
-        return bool(client.get_encoder().decode_responses)
-    except AttributeError:
-        return False
+    get_encoder = getattr(client, "get_encoder", None)
+    return get_encoder is not None and bool(get_encoder().decode_responses)
