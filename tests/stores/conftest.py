@@ -19,6 +19,7 @@ import pytest
 
 from bastion.stores import MemoryStore
 from tests.conftest import FakeClock, service_url
+from tests.stores.redis_support import fakeredis_store, redis_store
 
 StoreFactory = Callable[[FakeClock], AbstractAsyncContextManager[Any]]
 
@@ -67,13 +68,18 @@ async def mysql_store(clock: FakeClock) -> AsyncIterator[Any]:
 
 STORES: list[Any] = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(fakeredis_store, id="fakeredis"),
+    pytest.param(redis_store, marks=pytest.mark.redis, id="redis"),
     pytest.param(sqlite_store, id="sqlite"),
     pytest.param(postgres_store, marks=pytest.mark.postgres, id="postgres"),
     pytest.param(mysql_store, marks=pytest.mark.mysql, id="mysql"),
 ]
 """Every backend; real-service entries carry their marker (redis, postgres, mysql)."""
 
-SQL_STORES = [param for param in STORES if param.id in {"sqlite", "postgres", "mysql"}]
+REDIS_STORES = [p for p in STORES if p.id in {"fakeredis", "redis"}]
+"""The Redis rows of the table, for the Redis-specific tests."""
+
+SQL_STORES = [p for p in STORES if p.id in {"sqlite", "postgres", "mysql"}]
 """The SQL store on each dialect, for SQL-specific tests."""
 
 

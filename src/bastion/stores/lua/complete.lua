@@ -1,0 +1,13 @@
+-- Store the response of an in-flight record, fenced by its token. One round trip.
+--
+-- KEYS[1]  the record (see claim.lua)
+-- ARGV     token, ttl_ms, now_ms, px (ttl_ms plus the store's expiry slack), response (bytes)
+-- Returns  1 when stored, 0 when the token no longer holds a live lease.
+local now = tonumber(ARGV[3])
+local record = redis.call('HMGET', KEYS[1], 't', 'd', 'r')
+if record[1] ~= ARGV[1] or record[3] or tonumber(record[2]) <= now then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'r', ARGV[5], 'd', string.format('%d', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1

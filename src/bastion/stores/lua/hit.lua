@@ -1,0 +1,151 @@
+-- Decide every rate-limit tier of one request at once, all-or-nothing. One round trip.
+--
+-- A line-by-line port of bastion/ratelimit/algorithms.py; the conformance and equivalence
+-- tests hold it to the same answers. Lua numbers are doubles, exact for integers below 2^53:
+-- the store refuses tiers whose (limit + cost) * window_ms exceeds 2^50, which keeps every
+-- intermediate value below 2^52, and idiv() corrects the rounding of the float division.
+--
+-- KEYS[i]  bucket i, a string "a b c" holding the algorithm's three-integer state
+-- ARGV     now_ms, expiry slack ms, then four values per bucket: algorithm (f = fixed_window,
+--          s = sliding_window, g = gcra), limit, window_ms, cost
+-- Returns  four integers per bucket: allowed (1/0), remaining, reset_ms, retry_after_ms.
+-- Buckets are written (SET ... PX, the TTL set with the value) only when every tier allows;
+-- the TTL outlives the state by the slack, so a process whose clock lags a little behind still
+-- finds it.
+
+local function idiv(a, b) -- floor(a / b), exact for |a|, b < 2^52
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+local function ceil_div(a, b)
+  return -idiv(-a, b)
+end
+
+local function fixed_window(limit, window, cost, state, now)
+  local start = idiv(now, window) * window
+  local count = 0
+  if state and state[1] == start then
+    count = state[2]
+  end
+  local allowed = count + cost <= limit
+  if allowed then
+    count = count + cost
+  end
+  local reset = start + window - now
+  local retry = 0
+  if not allowed then
+    retry = reset
+  end
+  return allowed, math.max(0, limit - count), reset, retry, {start, count, 0}, start + window
+end
+
+local function sliding_retry_after(limit, window, cost, current, previous, elapsed)
+  local left = window - elapsed
+  local spare = limit - current - cost
+  if spare >= 0 and previous > 0 then
+    local earliest = window - idiv(spare * window, previous)
+    return math.max(1, earliest - elapsed)
+  end
+  if limit < cost then
+    return left + window
+  end
+  if current == 0 then
+    return left
+  end
+  return left + math.max(0, window - idiv((limit - cost) * window, current))
+end
+
+local function sliding_window(limit, window, cost, state, now)
+  local start = idiv(now, window) * window
+  local current, previous = 0, 0
+  if state then
+    if state[1] == start then
+      current, previous = state[2], state[3]
+    elseif state[1] == start - window then
+      previous = state[2]
+    end
+  end
+  local elapsed = now - start
+  local left = window - elapsed
+  local allowed = previous * left + (current + cost) * window <= limit * window
+  local retry = 0
+  if allowed then
+    current = current + cost
+  else
+    retry = sliding_retry_after(limit, window, cost, current, previous, elapsed)
+  end
+  local used = previous * left + current * window
+  local remaining = math.max(0, idiv(limit * window - used, window))
+  local reset = 0
+  if current ~= 0 then
+    reset = left + window
+  elseif previous ~= 0 then
+    reset = left
+  end
+  return allowed, remaining, reset, retry, {start, current, previous}, start + 2 * window
+end
+
+local function gcra(limit, window, cost, state, now)
+  -- times in 1/limit ms, so one token's emission interval is exactly `window`
+  local backlog = 0
+  if state then
+    backlog = math.max(0, (state[1] - now) * limit + state[2])
+  end
+  local capacity = window * limit
+  local wanted = backlog + cost * window
+  local allowed = wanted <= capacity
+  local retry = 0
+  if allowed then
+    backlog = wanted
+  else
+    retry = ceil_div(wanted - capacity, limit)
+  end
+  local tat = now + idiv(backlog, limit)
+  local state_out = {tat, backlog - idiv(backlog, limit) * limit, 0}
+  return allowed, idiv(capacity - backlog, window), ceil_div(backlog, limit), retry, state_out,
+    tat + 1
+end
+
+local ALGORITHMS = {f = fixed_window, s = sliding_window, g = gcra}
+
+local now = tonumber(ARGV[1])
+local slack = tonumber(ARGV[2])
+local reply, states, expiries = {}, {}, {}
+local all_allowed = true
+for i, key in ipairs(KEYS) do
+  local base = 3 + (i - 1) * 4
+  local raw = redis.call('GET', key)
+  local state = nil
+  if raw then
+    local a, b, c = string.match(raw, '^(%-?%d+) (%-?%d+) (%-?%d+)$')
+    if a then
+      state = {tonumber(a), tonumber(b), tonumber(c)}
+    end
+  end
+  local decide = ALGORITHMS[ARGV[base]]
+  local allowed, remaining, reset, retry, new_state, expires = decide(
+    tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), state, now)
+  if allowed then
+    reply[#reply + 1] = 1
+  else
+    reply[#reply + 1] = 0
+    all_allowed = false
+  end
+  reply[#reply + 1] = remaining
+  reply[#reply + 1] = reset
+  reply[#reply + 1] = retry
+  states[i] = string.format('%d %d %d', new_state[1], new_state[2], new_state[3])
+  expiries[i] = expires - now + slack
+end
+if all_allowed then
+  for i, key in ipairs(KEYS) do
+    redis.call('SET', key, states[i], 'PX', string.format('%d', expiries[i]))
+  end
+end
+return reply

@@ -1,0 +1,246 @@
+"""`RedisStore`: idempotency records and rate-limit buckets shared by every process, over Redis.
+
+Each primitive is one Lua script (``stores/lua/<operation>.lua``) run with EVALSHA, so each
+costs exactly one round trip and is atomic on the server. A server that lost its script cache
+(restart, failover, ``SCRIPT FLUSH``) answers NOSCRIPT; the store then sends the script itself
+with EVAL, which also caches it again, so no request ever fails for it.
+
+Times are computed from the injectable clock and passed to the scripts, never read from the
+server, so every process must share a reasonably synchronised wall clock (NTP). Keys still get a
+TTL in the same command that writes them, only so Redis frees what nobody asks for again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from bastion.exceptions import ConfigurationError, missing_extra
+from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.typing import Clock
+
+try:
+    from bastion.stores import _redis_client as _rc
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without redis-py
+    raise missing_extra("redis", "redis") from exc
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+__all__ = [
+    "DEFAULT_EXPIRY_SLACK_MS",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_PREFIX",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "MAX_TIER_SPAN",
+    "RedisStore",
+]
+
+DEFAULT_PREFIX = "bastion"
+DEFAULT_SOCKET_TIMEOUT = 0.25
+DEFAULT_EXPIRY_SLACK_MS = 1_000
+DEFAULT_MAX_CONNECTIONS = 16
+MAX_TIER_SPAN = 2**50
+"""The largest ``(limit + cost) * window_ms`` a tier may have on Redis.
+
+Lua numbers are doubles, exact for integers below 2^53; below this bound every intermediate
+value of the rate-limit scripts stays under 2^52. It allows, for instance, ten million
+requests per day or a million per eleven days.
+"""
+
+_ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
+
+
+def _check_name(what: str, value: str) -> None:
+    if not value or "{" in value or "}" in value:
+        raise ConfigurationError(f"{what} must be non-empty and contain no braces: {value!r}")
+
+
+class RedisStore:
+    """Idempotency records and rate-limit buckets in Redis, shared by every worker process.
+
+    Pass a redis-py asyncio ``client`` (``Redis`` or ``RedisCluster``, which the store never
+    closes) or a ``url`` (the store builds and owns its client). Clients the store builds fail
+    fast: ``socket_timeout`` bounds each command (``socket_connect_timeout`` and
+    ``pool_timeout`` default to it) and ``retries`` defaults to none, so while Redis is down
+    each call raises `StoreUnavailable` within the timeout and the middleware's fail-open or
+    fail-closed policy answers at once. Broken connections are replaced on the next call, so
+    service resumes by itself when Redis is back. At most ``max_connections`` (16 by default)
+    connections are opened per process; a burst beyond that waits for a free one.
+
+    Expiry is decided on the clock, and each key's Redis TTL outlives it by ``expiry_slack_ms``
+    so that processes whose clocks differ by less than that agree on what is still alive.
+
+    Keys start with ``prefix``. Every rate-limit key carries the hash tag ``{hash_tag}``
+    (default: the prefix) so that one request's tiers, decided in one script, always share a
+    Redis Cluster slot.
+    """
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster | None = None,
+        *,
+        url: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        hash_tag: str | None = None,
+        clock: Clock = time.time,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout: float | None = None,
+        retries: int = 0,
+        max_connections: int | None = None,
+        pool_timeout: float | None = None,
+        expiry_slack_ms: int = DEFAULT_EXPIRY_SLACK_MS,
+    ) -> None:
+        if (client is None) == (url is None):
+            raise ConfigurationError("RedisStore needs exactly one of `client` or `url`")
+        if url is not None:
+            url, url_options = _rc.split_url(url)
+            prefix = url_options.get("prefix", prefix)
+            hash_tag = url_options.get("hash_tag", hash_tag)
+        hash_tag = prefix if hash_tag is None else hash_tag
+        _check_name("prefix", prefix)
+        _check_name("hash_tag", hash_tag)
+        if (
+            expiry_slack_ms < 0
+            or socket_timeout <= 0
+            or retries < 0
+            or (max_connections is not None and max_connections < 1)
+        ):
+            raise ConfigurationError(
+                "expiry_slack_ms and retries must be >= 0, socket_timeout positive and "
+                "max_connections at least 1"
+            )
+        if client is not None and _rc.decodes_responses(client):
+            raise ConfigurationError(
+                "RedisStore needs a client with decode_responses=False: stored responses are bytes"
+            )
+        if url is not None:
+            options = _rc.ClientOptions(
+                socket_timeout=socket_timeout,
+                connect_timeout=socket_connect_timeout or socket_timeout,
+                pool_timeout=socket_timeout if pool_timeout is None else pool_timeout,
+                retries=retries,
+                max_connections=max_connections,
+            )
+            client = _rc.connect(url, options, DEFAULT_MAX_CONNECTIONS)
+        self._client = cast(_rc.Client, client)
+        self._owns_client = url is not None
+        self._slack = expiry_slack_ms
+        self._clock = clock
+        self.prefix = prefix
+        self.hash_tag = hash_tag
+        self._record_prefix = f"{prefix}:idem:"
+        self._bucket_prefix = f"{prefix}:rl:{{{hash_tag}}}:"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """A store on its own client for ``redis://``, ``rediss://``, ``unix://`` or
+        ``redis+cluster://`` URLs. Query parameters configure redis-py (``socket_timeout``,
+        ``max_connections``, …) and bastion (``prefix``, ``hash_tag``)."""
+        return cls(url=url, **options)
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client underneath, for health checks and tooling."""
+        return self._client
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def record_key(self, key: str) -> str:
+        """The Redis key of an idempotency record; one key per script, so no hash tag."""
+        return self._record_prefix + key
+
+    def bucket_key(self, key: str) -> str:
+        """The Redis key of a rate-limit bucket, hash-tagged so all buckets share a slot."""
+        return self._bucket_prefix + key
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await _rc.run_script(self._client, name, keys, args)
+
+    async def ping(self) -> None:
+        await _rc.ping(self._client)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- idempotency ------------------------------------------------------------------------
+
+    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+        reply = await self._run(
+            "claim",
+            [self.record_key(key)],
+            [fingerprint, token, lease_ms, self._now(), lease_ms + self._slack],
+        )
+        if reply[0] == 1:
+            return Claim(True, fingerprint)
+        holder = reply[1].decode()
+        if len(reply) == 4:
+            return Claim(False, holder, bytes(reply[3]), 0)
+        return Claim(False, holder, None, int(reply[2]))
+
+    async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
+        reply = await self._run(
+            "renew",
+            [self.record_key(key)],
+            [token, lease_ms, self._now(), lease_ms + self._slack],
+        )
+        return bool(reply == 1)
+
+    async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
+        reply = await self._run(
+            "complete",
+            [self.record_key(key)],
+            [token, ttl_ms, self._now(), ttl_ms + self._slack, response],
+        )
+        return bool(reply == 1)
+
+    async def release(self, key: str, token: str) -> bool:
+        reply = await self._run("release", [self.record_key(key)], [token, self._now()])
+        return bool(reply == 1)
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    @staticmethod
+    def validate_hit(hit: RateLimitHit) -> None:
+        """Raise `ConfigurationError` for a tier the Lua port cannot decide exactly.
+
+        Call it when a policy is built to fail at start-up; `hit` checks again regardless.
+        """
+        if hit.algorithm not in _ALGORITHM_CODES:
+            raise ConfigurationError(f"unknown rate-limit algorithm {hit.algorithm!r}")
+        if hit.limit < 1 or hit.window_ms < 1 or hit.cost < 0:
+            raise ConfigurationError(
+                f"tier {hit.key!r}: limit and window_ms must be >= 1 and cost >= 0"
+            )
+        if (hit.limit + hit.cost) * hit.window_ms > MAX_TIER_SPAN:
+            raise ConfigurationError(
+                f"tier {hit.key!r}: (limit + cost) * window_ms must not exceed 2**50 on Redis "
+                "(Lua numbers are exact only up to 2**53); use a shorter window or a lower limit"
+            )
+
+    async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
+        if not hits:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [self._now(), self._slack]
+        for one in hits:
+            self.validate_hit(one)
+            keys.append(self.bucket_key(one.key))
+            args += (_ALGORITHM_CODES[one.algorithm], one.limit, one.window_ms, one.cost)
+        reply = await self._run("hit", keys, args)
+        return [
+            RateLimitDecision(
+                allowed=reply[i] == 1,
+                limit=one.limit,
+                remaining=int(reply[i + 1]),
+                reset_ms=int(reply[i + 2]),
+                retry_after_ms=int(reply[i + 3]),
+            )
+            for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
+        ]
