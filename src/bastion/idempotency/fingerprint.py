@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 
 __all__ = ["fingerprint"]
+
+_LENGTHS = struct.Struct(">4Q")
 
 
 def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
@@ -13,8 +16,6 @@ def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
     Each part is length-prefixed, so no choice of path and body can collide with another
     split of the same bytes.
     """
-    h = hashlib.sha256()
-    for part in (method.encode(), path.encode("utf-8", "surrogateescape"), query, body):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()
+    parts = (method.encode(), path.encode("utf-8", "surrogateescape"), query, body)
+    framed = _LENGTHS.pack(*map(len, parts))
+    return hashlib.sha256(framed + b"".join(parts)).hexdigest()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from bastion._asgi import header
 from bastion.typing import Scope
 
 __all__ = ["InvalidKey", "default_principal", "parse_key", "scoped_key"]
+
+
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
 class InvalidKey(ValueError):
@@ -27,7 +31,7 @@ def parse_key(raw: bytes, max_length: int) -> str:
         raise InvalidKey("the Idempotency-Key header is empty")
     if len(value) > max_length:
         raise InvalidKey(f"the Idempotency-Key is longer than {max_length} characters")
-    if any(byte < 0x20 or byte > 0x7E for byte in value):
+    if _NOT_PRINTABLE.search(value):
         raise InvalidKey("the Idempotency-Key may only contain printable ASCII characters")
     return value.decode("ascii")
 

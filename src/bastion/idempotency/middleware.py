@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
-import secrets
 from fnmatch import translate
 
 import anyio
@@ -22,6 +22,7 @@ from bastion._asgi import (
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency.fingerprint import fingerprint
 from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
+from bastion.idempotency.lease import LeaseKeeper, run_keeping_lease
 from bastion.idempotency.records import StoredResponse
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.settings import IdempotencySettings
@@ -212,7 +213,7 @@ class _Request:
         self.fingerprint = fingerprint(
             scope["method"], scope["path"], scope.get("query_string", b""), body
         )
-        self.token = secrets.token_hex(16)
+        self.token = os.urandom(16).hex()
         self.context: IdempotencyContext | None = None
 
     async def _claim(self) -> Claim:
@@ -301,45 +302,49 @@ class _Request:
         self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
             self.key, self.token, self.fingerprint, store=mw.store, settings=mw.settings
         )
+        interval = mw._lease_ms / 3000
         error: Exception | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew_lease)
+            keeper = LeaseKeeper.start(interval, self._renew_lease)
+            if keeper is None:
+                error = await run_keeping_lease(
+                    interval, self._renew_lease, lambda: mw.app(self.scope, receive, capture)
+                )
+            else:
                 try:
                     await mw.app(self.scope, receive, capture)
-                except Exception as exc:  # re-raised below, outside the task group's wrapping
+                except Exception as exc:
                     error = exc
                 finally:
-                    tg.cancel_scope.cancel()
+                    keeper.stop()
         except BaseException:
-            await self._finish(None)
+            with anyio.CancelScope(shield=True):
+                await self._finish(None)
             raise
         if error is not None:
-            await self._finish(None)
+            with anyio.CancelScope(shield=True):
+                await self._finish(None)
             raise error
         await self._finish(capture)
 
-    async def _renew_lease(self) -> None:
+    async def _renew_lease(self) -> bool:
+        """Renew once; False once there is nothing left to hold."""
         mw = self.mw
-        interval = mw._lease_ms / 3000
-        while True:
-            await anyio.sleep(interval)
-            if self.context is not None and self.context.completed:
-                return  # stored in the handler's own transaction: nothing left to hold
-            try:
-                held = await timed(
-                    mw.observer,
-                    mw._backend,
-                    "renew",
-                    lambda: mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
-                )
-            except StoreError:
-                logger.warning("idempotency store failed to renew a lease", exc_info=True)
-                continue
-            if not held:
-                if self.context is None or not self.context.completed:
-                    mw.observer.idempotency(self.scope, "lease_lost")
-                return
+        if self.context is not None and self.context.completed:
+            return False  # stored in the handler's own transaction
+        try:
+            held = await timed(
+                mw.observer,
+                mw._backend,
+                "renew",
+                lambda: mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
+            )
+        except StoreError:
+            logger.warning("idempotency store failed to renew a lease", exc_info=True)
+            return True
+        if not held and (self.context is None or not self.context.completed):
+            mw.observer.idempotency(self.scope, "lease_lost")
+        return held
 
     def _storable(self, capture: _Capture | None) -> bool:
         if capture is None or not capture.complete or capture.overflow:
@@ -368,27 +373,26 @@ class _Request:
             self._check_sent(self.context.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
-        with anyio.CancelScope(shield=True):
-            try:
-                if capture is not None and self._storable(capture):
-                    data = StoredResponse.capture(
-                        capture.status, capture.headers, bytes(capture.body)
-                    ).encode()
-                    stored = await timed(
-                        mw.observer,
-                        mw._backend,
-                        "complete",
-                        lambda: mw.store.complete(self.key, self.token, data, ttl_ms=mw._ttl_ms),
-                    )
-                    mw.observer.idempotency(scope, "stored" if stored else "lease_lost")
-                else:
-                    await timed(
-                        mw.observer,
-                        mw._backend,
-                        "release",
-                        lambda: mw.store.release(self.key, self.token),
-                    )
-                    mw.observer.idempotency(scope, "released")
-            except StoreError:
-                logger.warning("idempotency store failed to finish a request", exc_info=True)
-                mw.observer.idempotency(scope, "store_error")
+        try:
+            if capture is not None and self._storable(capture):
+                data = StoredResponse.capture(
+                    capture.status, capture.headers, bytes(capture.body)
+                ).encode()
+                stored = await timed(
+                    mw.observer,
+                    mw._backend,
+                    "complete",
+                    lambda: mw.store.complete(self.key, self.token, data, ttl_ms=mw._ttl_ms),
+                )
+                mw.observer.idempotency(scope, "stored" if stored else "lease_lost")
+            else:
+                await timed(
+                    mw.observer,
+                    mw._backend,
+                    "release",
+                    lambda: mw.store.release(self.key, self.token),
+                )
+                mw.observer.idempotency(scope, "released")
+        except StoreError:
+            logger.warning("idempotency store failed to finish a request", exc_info=True)
+            mw.observer.idempotency(scope, "store_error")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import struct
 from dataclasses import dataclass
 
 __all__ = ["NOT_REPLAYED", "StoredResponse"]
@@ -25,7 +25,9 @@ NOT_REPLAYED = frozenset(
 """Hop-by-hop fields, cookies (a replay must never hand a session to a retry) and the fields
 the server sets afresh on every response."""
 
-_VERSION = b"1"
+_VERSION = 2
+_HEAD = struct.Struct(">BHH")
+_FIELD = struct.Struct(">HI")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,24 +40,35 @@ class StoredResponse:
     def capture(
         cls, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> StoredResponse:
-        kept = tuple((k.lower(), v) for k, v in headers if k.lower() not in NOT_REPLAYED)
-        return cls(status, kept, body)
+        kept = []
+        for name, value in headers:
+            name = name.lower()
+            if name not in NOT_REPLAYED:
+                kept.append((name, value))
+        return cls(status, tuple(kept), body)
 
     def encode(self) -> bytes:
-        head = json.dumps(
-            [self.status, [[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers]],
-            separators=(",", ":"),
-        )
-        return _VERSION + head.encode() + b"\n" + self.body
+        """A compact binary form: version, status, length-prefixed headers, then the body."""
+        parts = [_HEAD.pack(_VERSION, self.status, len(self.headers))]
+        for name, value in self.headers:
+            parts.append(_FIELD.pack(len(name), len(value)))
+            parts.append(name)
+            parts.append(value)
+        parts.append(self.body)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> StoredResponse:
-        newline = data.index(b"\n")
-        if data[:1] != _VERSION:
-            raise ValueError("unknown stored response format")
-        status, headers = json.loads(data[1:newline])
-        return cls(
-            int(status),
-            tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
-            data[newline + 1 :],
-        )
+        version, status, count = _HEAD.unpack_from(data)
+        if version != _VERSION:
+            raise ValueError(f"unknown stored response format {version}")
+        offset = _HEAD.size
+        headers = []
+        for _ in range(count):
+            name_length, value_length = _FIELD.unpack_from(data, offset)
+            offset += _FIELD.size
+            name = data[offset : offset + name_length]
+            offset += name_length
+            headers.append((name, data[offset : offset + value_length]))
+            offset += value_length
+        return cls(status, tuple(headers), data[offset:])
