@@ -57,6 +57,7 @@ RATE_LIMITS = RateLimitSettings(
             algorithm="fixed_window",
             routes=("/limited",),
             methods=frozenset({"POST"}),
+            fail_open=False,  # a store failure is a 503, never an uncounted 200
         ),
     )
 )

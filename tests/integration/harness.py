@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
 SQL_POOL = {"pool_size": 4, "max_overflow": 4}
 """Connections per worker process: 4 workers stay well inside a shared server's 100."""
+REDIS_TIMEOUTS = {"socket_timeout": 5.0}
+"""These runs prove counting, not failing fast (test_outage.py does): on a busy 2-core machine
+200 requests in flight can starve an event loop past the 0.25 s default, and a timed-out call
+would be a 503 here, not a wrong count."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class SharedStore:
     options: dict[str, Any] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        """The variables cross_process_app and the client workers read."""
+        """The variables cross_process_app reads to build its store."""
         return {"BASTION_STORE_URL": self.url, "BASTION_STORE_OPTIONS": json.dumps(self.options)}
 
 
@@ -54,7 +58,7 @@ def redis_store_url() -> Iterator[SharedStore]:
     url = service_url("BASTION_TEST_REDIS_URL")
     prefix = unique_prefix()
     try:
-        yield SharedStore(url, {"prefix": prefix})
+        yield SharedStore(url, {"prefix": prefix, **REDIS_TIMEOUTS})
     finally:
         anyio.run(delete_prefix, url, prefix)
 
