@@ -1,9 +1,10 @@
-"""Processes for the cross-process tests: store URLs, uvicorn workers, hit workers.
+"""Processes for the cross-process tests: shared stores, uvicorn workers, client workers.
 
 ``STORE_URLS`` is the one table of shared stores the cross-process tests run against; each
-entry is a context manager factory yielding a store URL isolated for one test (a unique Redis
-prefix, …) and cleaning up afterwards. Add a backend (e.g. PostgreSQL through SQLStore) by
-adding a row. Every process started here is killed when its context exits, whatever happens.
+entry is a context manager factory yielding a `SharedStore` isolated for one test (a unique
+Redis prefix, PostgreSQL tables of its own made before any worker starts, …) and cleaning up
+afterwards. Add a backend by adding a row. Every process started here is killed through its
+process group when its context exits, whatever happens.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +32,82 @@ from tests.stores.redis_support import delete_prefix, free_port, unique_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
+SQL_POOL = {"pool_size": 4, "max_overflow": 4}
+"""Connections per worker process: 4 workers stay well inside a shared server's 100."""
+REDIS_TIMEOUTS = {"socket_timeout": 5.0}
+"""These runs prove counting, not failing fast (test_outage.py does): on a busy 2-core machine
+200 requests in flight can starve an event loop past the 0.25 s default, and a timed-out call
+would be a 503 here, not a wrong count."""
+
+
+@dataclass(frozen=True)
+class SharedStore:
+    """What every process needs to build the same store: `from_url`'s URL and options."""
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The variables cross_process_app reads to build its store."""
+        return {"BASTION_STORE_URL": self.url, "BASTION_STORE_OPTIONS": json.dumps(self.options)}
 
 
 @contextmanager
-def redis_store_url() -> Iterator[str]:
+def redis_store_url() -> Iterator[SharedStore]:
     """The shared test Redis with a prefix of this test's own, deleted afterwards."""
     url = service_url("BASTION_TEST_REDIS_URL")
     prefix = unique_prefix()
-    separator = "&" if "?" in url else "?"
     try:
-        yield f"{url}{separator}prefix={prefix}"
+        yield SharedStore(url, {"prefix": prefix, **REDIS_TIMEOUTS})
     finally:
         anyio.run(delete_prefix, url, prefix)
 
 
-StoreUrlFactory = Callable[[], AbstractContextManager[str]]
+async def _sql_tables(shared: SharedStore, *, create: bool) -> None:
+    from bastion.stores.sql import SQLStore
+
+    store = SQLStore.from_url(shared.url, **shared.options)
+    try:
+        if create:
+            await store.create_tables()
+        else:
+            async with store.engine.begin() as conn:
+                await conn.run_sync(store.metadata.drop_all)
+    finally:
+        await store.aclose()
+
+
+@contextmanager
+def postgres_store_url() -> Iterator[SharedStore]:
+    """The shared test PostgreSQL with tables of this test's own: created before any worker
+    starts (so no worker races to create them), dropped afterwards."""
+    url = service_url("BASTION_TEST_POSTGRES_URL")
+    options = {"table_prefix": f"x{uuid.uuid4().hex[:12]}_", "engine_options": SQL_POOL}
+    shared = SharedStore(url, options)
+    try:
+        anyio.run(lambda: _sql_tables(shared, create=True))
+        yield shared
+    finally:
+        anyio.run(lambda: _sql_tables(shared, create=False))
+
+
+StoreFactory = Callable[[], AbstractContextManager[SharedStore]]
 
 STORE_URLS: list[Any] = [
     pytest.param(redis_store_url, marks=pytest.mark.redis, id="redis"),
-    # pytest.param(postgres_store_url, marks=pytest.mark.postgres, id="postgres"),
+    pytest.param(postgres_store_url, marks=pytest.mark.postgres, id="postgres"),
 ]
 """Every shared store the cross-process proofs run against."""
+
+
+def window_start_offset(window: int) -> float:
+    """Seconds to add to the wall clock so that "now" is one second into a fresh window.
+
+    Fixed windows are aligned to the clock; a run that straddled a boundary would see two
+    quotas. Every process of a run shifts its clock by this same offset, so they all agree
+    and the run has ``window - 1`` seconds before the next boundary.
+    """
+    return 1.0 - time.time() % window
 
 
 def create_side_effect_table(path: str) -> None:
@@ -138,10 +196,13 @@ def _wait_for_workers(
             time.sleep(0.05)
 
 
-def run_hit_workers(url: str, key: str, *, processes: int, hits: int) -> list[dict[str, int]]:
-    """Run ``processes`` hit workers that fire ``hits`` concurrent hits each, all at once."""
-    now = time.time()
-    command = [sys.executable, "-m", "tests.integration.hit_worker", url, key, str(hits), str(now)]
+def run_workers(module: str, args: list[str], *, processes: int) -> list[Any]:
+    """Run ``processes`` copies of ``python -m module *args`` and release them all at once.
+
+    Each worker prints ``ready`` when it is set up, waits for a line on stdin, does its work
+    and prints one JSON document, which is returned in start order.
+    """
+    command = [sys.executable, "-m", module, *args]
     started: list[subprocess.Popen[str]] = []
     try:
         for _ in range(processes):
@@ -157,12 +218,12 @@ def run_hit_workers(url: str, key: str, *, processes: int, hits: int) -> list[di
                     start_new_session=True,
                 )
             )
-        for process in started:  # every worker connected: now they fire together
+        for process in started:  # every worker set up: now they fire together
             assert process.stdout is not None
             line = process.stdout.readline().strip()
             if line != "ready":
                 _, stderr = process.communicate(timeout=10)
-                pytest.fail(f"hit worker did not start: {line!r}\n{stderr}")
+                pytest.fail(f"{module} did not start: {line!r}\n{stderr}")
         for process in started:
             assert process.stdin is not None
             process.stdin.write("go\n")
@@ -176,3 +237,20 @@ def run_hit_workers(url: str, key: str, *, processes: int, hits: int) -> list[di
     finally:
         for process in started:
             _stop(process)
+
+
+def run_hit_workers(
+    shared: SharedStore, key: str, *, processes: int, hits: int
+) -> list[dict[str, int]]:
+    """Run ``processes`` hit workers that fire ``hits`` concurrent store hits each."""
+    args = [shared.url, json.dumps(shared.options), key, str(hits), str(time.time())]
+    return run_workers("tests.integration.hit_worker", args, processes=processes)
+
+
+def run_client_workers(
+    base_url: str, path: str, *, processes: int, requests: int
+) -> list[list[dict[str, Any]]]:
+    """Run ``processes`` HTTP client processes that each send ``requests`` concurrent POSTs
+    to ``path``; each returns one summary per response (see client_worker)."""
+    args = [base_url, path, str(requests)]
+    return run_workers("tests.integration.client_worker", args, processes=processes)

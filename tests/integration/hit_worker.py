@@ -1,9 +1,10 @@
 """One process of the store-level rate-limit proof: ``python -m tests.integration.hit_worker``.
 
-Arguments: store URL, bucket key, number of concurrent hits, and the fixed "now" (seconds) all
-workers share, so every hit lands in the same window whatever the wall clock does. The worker
-connects, prints ``ready``, waits for a line on stdin (the start signal, so that all processes
-fire together), fires its hits concurrently and prints how many were allowed as JSON.
+Arguments: store URL, store options (JSON, for `from_url`), bucket key, number of concurrent
+hits, and the fixed "now" (seconds) all workers share, so every hit lands in the same window
+whatever the wall clock does. The worker connects, prints ``ready``, waits for a line on stdin
+(the start signal, so that all processes fire together), fires its hits concurrently and
+prints how many were allowed as JSON.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ LIMIT = 60
 WINDOW_MS = 60_000
 
 
-async def main(url: str, key: str, hits: int, now: float) -> None:
-    store = from_url(url, clock=lambda: now)
+async def main(url: str, options: str, key: str, hits: int, now: float) -> None:
+    store = from_url(url, clock=lambda: now, **json.loads(options))
     try:
         await store.ping()
         print("ready", flush=True)
@@ -43,4 +44,5 @@ async def main(url: str, key: str, hits: int, now: float) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    url, options, key, hits, now = sys.argv[1:]
+    anyio.run(main, url, options, key, int(hits), float(now))

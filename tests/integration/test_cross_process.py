@@ -1,47 +1,78 @@
 """Proof across processes: several OS processes share one store and still agree.
 
 Four uvicorn workers serve one app (tests/integration/cross_process_app.py); 200 concurrent
-requests with one Idempotency-Key run its side effect exactly once. Four separate processes
-firing 50 concurrent hits each at one fixed-window bucket of limit 60 get exactly 60 allowed.
-Both run once per shared store in ``harness.STORE_URLS``.
+requests with one Idempotency-Key run its side effect exactly once, and four client processes
+of 50 concurrent requests each at its fixed-window tier of 60 get exactly 60 answers of 200
+and 140 of 429. Below HTTP, four processes firing 50 concurrent hits each at one bucket of
+limit 60 through the store alone get exactly 60 allowed. Each runs once per shared store in
+``harness.STORE_URLS`` (real Redis, real PostgreSQL).
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from tests.integration import hit_worker
 from tests.integration.harness import (
     STORE_URLS,
+    SharedStore,
     count_side_effects,
     create_side_effect_table,
+    run_client_workers,
     run_hit_workers,
     uvicorn_workers,
+    window_start_offset,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 CONCURRENT = 200
+CLIENT_PROCESSES = 4
+REQUESTS_PER_CLIENT = 50
+LIMIT = 60
+WINDOW = 3600
+"""The tier on cross_process_app's ``POST /limited``: a fixed window far longer than a run."""
 
 
 @pytest.fixture(params=STORE_URLS)
-def store_url(request: pytest.FixtureRequest) -> Any:
-    """A store URL isolated for this test, for each shared backend."""
-    with request.param() as url:
-        yield url
+def shared_store(request: pytest.FixtureRequest) -> Iterator[SharedStore]:
+    """A store isolated for this test, for each shared backend."""
+    with request.param() as shared:
+        yield shared
+
+
+def _app_env(shared: SharedStore, tmp_path: Path) -> dict[str, str]:
+    database = str(tmp_path / "side_effects.sqlite3")
+    create_side_effect_table(database)
+    return {
+        **shared.env(),
+        "BASTION_SIDE_EFFECT_DB": database,
+        "BASTION_RATE_LIMIT": str(LIMIT),
+        "BASTION_RATE_WINDOW": str(WINDOW),
+        "BASTION_CLOCK_OFFSET": repr(window_start_offset(WINDOW)),
+    }
+
+
+def _remaining(field: str) -> int:
+    """``r`` of a ``RateLimit`` field such as ``"limited";r=37;t=42``."""
+    match = re.search(r";r=(\d+)", field)
+    assert match is not None, field
+    return int(match.group(1))
 
 
 async def test_same_key_from_200_clients_runs_once_across_4_workers(
-    store_url: str, tmp_path: Path
+    shared_store: SharedStore, tmp_path: Path
 ) -> None:
     """200 concurrent same-key requests over 4 processes: one side effect, the rest 409/replay."""
-    database = str(tmp_path / "side_effects.sqlite3")
-    create_side_effect_table(database)
-    env = {"BASTION_STORE_URL": store_url, "BASTION_SIDE_EFFECT_DB": database}
+    env = _app_env(shared_store, tmp_path)
+    database = env["BASTION_SIDE_EFFECT_DB"]
     log = tmp_path / "uvicorn.log"
     with uvicorn_workers("tests.integration.cross_process_app:app", env, log) as base_url:
         responses: list[httpx.Response] = []
@@ -71,19 +102,32 @@ async def test_same_key_from_200_clients_runs_once_across_4_workers(
     assert len({r.headers["x-worker-pid"] for r in responses}) > 1  # several processes answered
 
 
-def test_4_processes_of_50_hits_get_exactly_the_limit(store_url: str) -> None:
+def test_4x50_clients_against_fixed_window_60_get_exactly_60(
+    shared_store: SharedStore, tmp_path: Path
+) -> None:
+    """4 client processes x 50 concurrent requests over 4 workers at limit 60: 60 OK, 140 429."""
+    env = _app_env(shared_store, tmp_path)
+    log = tmp_path / "uvicorn.log"
+    with uvicorn_workers("tests.integration.cross_process_app:app", env, log) as base_url:
+        results = run_client_workers(
+            base_url, "/limited", processes=CLIENT_PROCESSES, requests=REQUESTS_PER_CLIENT
+        )
+    responses = [response for result in results for response in result]
+    statuses = Counter(r["status"] for r in responses)
+    assert statuses == {200: LIMIT, 429: CONCURRENT - LIMIT}, (statuses, log.read_text()[-3000:])
+    denied = [r for r in responses if r["status"] == 429]
+    assert {r["content_type"] for r in denied} == {"application/problem+json"}
+    assert all(int(r["retry_after"]) >= 1 for r in denied)
+    assert {r["problem"]["status"] for r in denied} == {429}
+    assert all(r["problem"]["violated-policies"] == ["limited"] for r in denied)
+    remaining = sorted(_remaining(r["ratelimit"]) for r in responses if r["status"] == 200)
+    assert remaining == list(range(LIMIT))  # each allowed request was counted exactly once
+    assert len({r["pid"] for r in responses}) > 1  # several worker processes decided
+
+
+def test_4_processes_of_50_hits_get_exactly_the_limit(shared_store: SharedStore) -> None:
     """Four processes each firing 50 concurrent hits at one fixed window of 60: 60 allowed."""
-    results = run_hit_workers(store_url, "shared-bucket", processes=4, hits=50)
+    results = run_hit_workers(shared_store, "shared-bucket", processes=4, hits=50)
     assert [r["hits"] for r in results] == [50, 50, 50, 50]
-    assert sum(r["allowed"] for r in results) == 60
+    assert sum(r["allowed"] for r in results) == hit_worker.LIMIT
     assert len({r["pid"] for r in results}) == 4
-
-
-# ---------------------------------------------------------------------------------------------
-# RATE-LIMIT MIDDLEWARE ACROSS PROCESSES (to add once RateLimitMiddleware lands):
-#     test_4x50_clients_against_fixed_window_60_get_exactly_60(store_url, tmp_path)
-# Serve cross_process_app (with its rate-limited route, see the marked place there) with
-# uvicorn_workers(), fire 4 x 50 concurrent requests from 4 client processes (or 200 from one
-# httpx.AsyncClient) at the fixed-window tier of limit 60, and assert exactly 60 answers of 2xx
-# and 140 of 429. Use a long window (or a fixed clock) so no window boundary falls in the run.
-# ---------------------------------------------------------------------------------------------

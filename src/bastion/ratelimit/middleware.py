@@ -25,7 +25,12 @@ from bastion.ratelimit.keys import RequestView
 from bastion.ratelimit.proxies import AddressResolver
 from bastion.ratelimit.tiers import Tier, compile_routes
 from bastion.settings import RateLimitSettings
-from bastion.stores.protocols import RateLimitDecision, RateLimitHit, RateLimitStore
+from bastion.stores.protocols import (
+    RateLimitDecision,
+    RateLimitHit,
+    RateLimitStore,
+    TierValidatingStore,
+)
 from bastion.typing import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware"]
@@ -124,6 +129,13 @@ class RateLimitMiddleware:
             raise ConfigurationError("settings must be a RateLimitSettings")
         if not settings.tiers:
             raise ConfigurationError("RateLimitSettings.tiers is empty: nothing would be limited")
+        if isinstance(store, TierValidatingStore):
+            # a tier this backend cannot decide would otherwise fail on every request it
+            # matches, quietly turned into the fail-open or fail-closed answer
+            for tier in settings.tiers:
+                store.validate_hit(
+                    RateLimitHit(tier.name, tier.algorithm, tier.limit, tier.window_ms, tier.cost)
+                )
         self.app = app
         self.store = store
         self.settings = settings

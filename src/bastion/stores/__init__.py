@@ -12,6 +12,7 @@ from bastion.stores.protocols import (
     RateLimitHit,
     RateLimitStore,
     Store,
+    TierValidatingStore,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RedisStore",
     "SQLStore",
     "Store",
+    "TierValidatingStore",
     "from_url",
 ]
 

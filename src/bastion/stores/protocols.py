@@ -20,6 +20,7 @@ __all__ = [
     "RateLimitHit",
     "RateLimitStore",
     "Store",
+    "TierValidatingStore",
 ]
 
 Algorithm = Literal["fixed_window", "sliding_window", "gcra"]
@@ -112,3 +113,16 @@ class RateLimitStore(Store, Protocol):
         Each decision follows `bastion.ratelimit.algorithms`. When any hit is denied, no bucket
         is charged, so a denied request consumes nothing from the tiers that allowed it.
         """
+
+
+@runtime_checkable
+class TierValidatingStore(Protocol):
+    """A store that cannot decide every tier exactly says so before the first request.
+
+    `RateLimitMiddleware` calls `validate_hit` once per tier when it is built, so a tier the
+    backend cannot handle (Redis: one whose numbers leave Lua's exact-integer range) is a
+    `ConfigurationError` at start-up rather than a store error on every request that hits it.
+    """
+
+    def validate_hit(self, hit: RateLimitHit) -> None:
+        """Raise `ConfigurationError` when this store cannot decide ``hit`` exactly."""
