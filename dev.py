@@ -3,6 +3,7 @@
     python3 dev.py serve     run the example service on 127.0.0.1:8000 (embedded, memory stores)
     python3 dev.py test      lint, type-check and run the whole test suite
     python3 dev.py bench     run the benchmarks (they install the peers they compare with)
+    python3 dev.py docs      build the documentation site into site/ (mkdocs build --strict)
 
 Only the standard library is used here, so it works on a fresh machine with Python 3.11+.
 The environment lives in `.venv/` and is rebuilt only when the dependency files change.
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BENCH_VENV = ROOT / "benchmarks" / ".venv"
 PROJECT = ("-e", ".[all]", "-e", "examples/reference_service")
+SESSIONS = {"test": ["lint", "typecheck", "tests"], "bench": ["bench"], "docs": ["docs"]}
+"""The nox sessions each command runs (`serve` runs the service instead)."""
 # the test environment, and the benchmarks' own one that also holds the peers they compare with
 ENVIRONMENTS = {
     VENV: ("requirements-dev.txt",),
@@ -62,7 +65,7 @@ def main(argv: list[str]) -> int:
     command, *rest = argv or ["help"]
     if rest[:1] == ["--"]:  # `dev.py bench -- --quick`, as the benchmarks' README writes it
         rest = rest[1:]
-    if command not in {"serve", "test", "bench"}:
+    if command != "serve" and command not in SESSIONS:
         print(__doc__)
         return 0 if command in {"help", "-h", "--help"} else 2
     target = BENCH_VENV if command == "bench" else VENV
@@ -70,7 +73,7 @@ def main(argv: list[str]) -> int:
     if command == "serve":
         args = [str(_bin("bastion-service")), "serve", *rest]
     else:
-        sessions = ["lint", "typecheck", "tests"] if command == "test" else ["bench"]
+        sessions = SESSIONS[command]
         args = [
             str(_bin("nox", target)),
             "--no-venv",

@@ -9,11 +9,11 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "none"
 
-PATHS = ["src", "tests", "examples", "benchmarks", "noxfile.py", "dev.py"]
+PATHS = ["src", "tests", "examples", "benchmarks", "scripts", "noxfile.py", "dev.py"]
 
 
-def _run(session: nox.Session, *args: str) -> None:
-    session.run(*args, external=True)
+def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
+    session.run(*args, env=env, external=True)
 
 
 @nox.session
@@ -35,6 +35,13 @@ def tests(session: nox.Session) -> None:
     """The whole suite with coverage; under CI=true no real-service test may skip."""
     args = session.posargs or ["tests"]
     _run(session, "pytest", "--cov", "--cov-report=term", "-p", "no:cacheprovider", *args)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/, failing on any warning (broken links included)."""
+    _run(session, "python", "scripts/settings_reference.py", "--check")
+    _run(session, "mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

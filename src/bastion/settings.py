@@ -99,7 +99,9 @@ class IdempotencySettings(EnvSettings):
     require_key: tuple[str, ...] = ()
     """Path patterns where a request without a key is refused with 400."""
     header_name: str = "Idempotency-Key"
+    """The request header that carries the key; the IETF draft's name by default."""
     max_key_length: int = 255
+    """Longer keys get 400, so a client cannot make huge store keys."""
     ttl_seconds: float = 86_400.0
     """How long a completed response is kept for replay."""
     lease_seconds: float = 30.0
@@ -115,6 +117,7 @@ class IdempotencySettings(EnvSettings):
     wait: bool = False
     """A duplicate that arrives while the first is in flight waits for its replay instead of 409."""
     wait_timeout_seconds: float = 10.0
+    """How long a waiting duplicate waits before it gets the 409 after all."""
     fail_open: bool = False
     """When the store fails: run the request unprotected (True) or answer 503 (False)."""
 
@@ -153,6 +156,7 @@ class RateLimitSettings(EnvSettings):
     ENV_PREFIX: typing.ClassVar[str] = "BASTION_RATELIMIT_"
 
     tiers: tuple[Tier, ...] = ()
+    """The policy: every tier whose routes and methods match a request applies to it."""
     fail_open: bool = True
     """When the store fails: let requests through and count the fault (True), or answer 503.
     Open by default because a limiter protects capacity, and an outage of its store should not
