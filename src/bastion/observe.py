@@ -32,6 +32,7 @@ IdempotencyOutcome = Literal[
     "store_error",
     "missing_key",
     "invalid_key",
+    "request_too_large",
     "lease_lost",
 ]
 RateLimitOutcome = Literal["allowed", "limited", "store_error"]

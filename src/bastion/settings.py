@@ -114,6 +114,9 @@ class IdempotencySettings(EnvSettings):
     """Answers that say "not now" rather than "done": never stored, so a retry runs again."""
     store_server_errors: bool = False
     """Store 5xx answers too, instead of releasing the key so a retry can run again."""
+    conflict_retry_after_seconds: int = 1
+    """``Retry-After`` on a 409 while the first request runs: a short hint, since most
+    handlers finish in well under a second; never more than the holder's remaining lease."""
     wait: bool = False
     """A duplicate that arrives while the first is in flight waits for its replay instead of 409."""
     wait_timeout_seconds: float = 10.0
@@ -129,6 +132,8 @@ class IdempotencySettings(EnvSettings):
                 raise ConfigurationError(f"{name} must be positive")
         if self.lease_seconds > self.ttl_seconds:
             raise ConfigurationError("lease_seconds cannot exceed ttl_seconds")
+        if self.conflict_retry_after_seconds < 1:
+            raise ConfigurationError("conflict_retry_after_seconds must be at least 1")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:
             raise ConfigurationError("byte limits cannot be negative")
         if not self.header_name.strip():

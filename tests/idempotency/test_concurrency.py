@@ -155,3 +155,18 @@ async def test_fencing_through_the_middleware(
     replay = await client.post("/charge", json={"amount": 1}, headers=KEY)
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.content == results["new"].content
+
+
+async def test_waiting_mode_refuses_reused_key_at_once(
+    make_client: Factory, backend: Backend
+) -> None:
+    """With wait=True, another body under an in-flight key gets 422 without waiting."""
+    client = make_client(IdempotencySettings(wait=True, wait_timeout_seconds=30))
+    backend.gate = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(client.post, "/charge", json={"amount": 1}, headers=KEY))
+        await backend.entered.wait()
+        with anyio.fail_after(5):
+            reused = await client.post("/charge", json={"amount": 2}, headers=KEY)
+        backend.gate.set()
+    assert reused.status_code == 422

@@ -152,6 +152,7 @@ class IdempotencyMiddleware:
         except ClientDisconnected:
             return
         except BodyTooLarge:
+            self.observer.idempotency(scope, "request_too_large")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await send_problem(
                 send,
@@ -229,7 +230,12 @@ class _Request:
         mw, scope = self.mw, self.scope
         try:
             claim = await self._claim()
-            if not claim.acquired and claim.response is None and mw.settings.wait:
+            if (
+                mw.settings.wait
+                and not claim.acquired
+                and claim.response is None
+                and claim.fingerprint == self.fingerprint
+            ):
                 claim = await self._wait(claim)
         except StoreError:
             logger.warning("idempotency store failed on claim", exc_info=True)
@@ -265,7 +271,8 @@ class _Request:
             await self._replay(claim.response)
         else:
             mw.observer.idempotency(scope, "conflict_in_flight")
-            retry_after = max(1, math.ceil(claim.lease_remaining_ms / 1000))
+            remaining = math.ceil(claim.lease_remaining_ms / 1000)
+            retry_after = max(1, min(mw.settings.conflict_retry_after_seconds, remaining))
             await send_problem(
                 self.send,
                 409,
