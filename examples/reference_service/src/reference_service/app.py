@@ -1,23 +1,51 @@
-"""The reference service's ASGI application, embedded mode: memory stores, no servers."""
+"""The reference service in embedded mode: every bastion middleware over memory stores.
+
+The stack, outermost first: MetricsMiddleware (so it counts what the others answer),
+RateLimitMiddleware with the original plan's presets (so a 429 is never stored as an
+idempotent response), IdempotencyMiddleware (keys required on every mutating ``/api`` route).
+Later work grows the claim, webhook and admin surface and the queue workers.
+"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bastion import IdempotencyMiddleware, IdempotencySettings
+from bastion import (
+    IdempotencyMiddleware,
+    IdempotencySettings,
+    MetricsApp,
+    MetricsMiddleware,
+    PrometheusObserver,
+    RateLimitMiddleware,
+    RateLimitSettings,
+    StoreError,
+)
+from bastion.ratelimit import presets
 from bastion.stores import MemoryStore
 
+PROBLEM = "application/problem+json"
 
-def create_app(*, store: MemoryStore | None = None) -> Starlette:
-    """Build the service; every mutating route is protected by idempotency keys."""
+
+def _problem(status: int, slug: str, title: str, detail: str) -> JSONResponse:
+    body = {"type": f"urn:bastion:problem:{slug}", "title": title, "status": status}
+    return JSONResponse({**body, "detail": detail}, status_code=status, media_type=PROBLEM)
+
+
+def create_app(
+    *, store: MemoryStore | None = None, registry: CollectorRegistry | None = None
+) -> Starlette:
+    """Build the service; ``registry`` defaults to a fresh one, served at ``/metrics``."""
     store = store or MemoryStore()
+    registry = registry if registry is not None else CollectorRegistry()
+    observer = PrometheusObserver(registry=registry)
     registrations: dict[str, dict[str, Any]] = {}
     ids = itertools.count(1)
 
@@ -28,15 +56,11 @@ def create_app(*, store: MemoryStore | None = None) -> Starlette:
             payload = None
         wallet = payload.get("wallet") if isinstance(payload, dict) else None
         if not isinstance(wallet, str) or not wallet:
-            return JSONResponse(
-                {
-                    "type": "urn:bastion:problem:validation",
-                    "title": "Invalid request",
-                    "status": 422,
-                    "detail": "the body must be a JSON object with a non-empty 'wallet' string",
-                },
-                status_code=422,
-                media_type="application/problem+json",
+            return _problem(
+                422,
+                "validation",
+                "Invalid request",
+                "the body must be a JSON object with a non-empty 'wallet' string",
             )
         registration = {"id": next(ids), "wallet": wallet}
         registrations[str(registration["id"])] = registration
@@ -46,15 +70,24 @@ def create_app(*, store: MemoryStore | None = None) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        await store.ping()
+        try:
+            await store.ping()
+        except StoreError as exc:
+            return _problem(503, "not-ready", "Not ready", f"store unreachable: {exc}")
         return JSONResponse({"status": "ready"})
 
-    settings = IdempotencySettings.from_env(require_key=("/api/*",))
+    idempotency = IdempotencySettings.from_env(require_key=("/api/*",))
+    rate_limits = RateLimitSettings.from_env(tiers=presets())
     return Starlette(
         routes=[
             Route("/api/register", register, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", MetricsApp(registry=registry)),
         ],
-        middleware=[Middleware(IdempotencyMiddleware, store=store, settings=settings)],
+        middleware=[
+            Middleware(MetricsMiddleware, registry=registry),
+            Middleware(RateLimitMiddleware, store=store, settings=rate_limits, observer=observer),
+            Middleware(IdempotencyMiddleware, store=store, settings=idempotency, observer=observer),
+        ],
     )
