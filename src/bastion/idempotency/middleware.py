@@ -19,6 +19,7 @@ from bastion._asgi import (
     replay_receive,
     send_problem,
 )
+from bastion._logging import ThrottledLogger
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency.fingerprint import fingerprint
 from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
@@ -32,6 +33,7 @@ from bastion.typing import ASGIApp, Message, PrincipalExtractor, Receive, Scope,
 __all__ = ["SCOPE_KEY", "IdempotencyContext", "IdempotencyMiddleware"]
 
 logger = logging.getLogger("bastion.idempotency")
+store_failures = ThrottledLogger(logger)
 
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 _WAIT_FIRST_POLL = 0.01
@@ -238,7 +240,7 @@ class _Request:
             ):
                 claim = await self._wait(claim)
         except StoreError:
-            logger.warning("idempotency store failed on claim", exc_info=True)
+            store_failures.warning("idempotency store failed on claim")
             mw.observer.idempotency(scope, "store_error")
             if mw.settings.fail_open:
                 await mw.app(scope, receive, self.send)
@@ -347,7 +349,7 @@ class _Request:
                 lambda: mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
             )
         except StoreError:
-            logger.warning("idempotency store failed to renew a lease", exc_info=True)
+            store_failures.warning("idempotency store failed to renew a lease")
             return True
         if not held and (self.context is None or not self.context.completed):
             mw.observer.idempotency(self.scope, "lease_lost")
@@ -401,5 +403,5 @@ class _Request:
                 )
                 mw.observer.idempotency(scope, "released")
         except StoreError:
-            logger.warning("idempotency store failed to finish a request", exc_info=True)
+            store_failures.warning("idempotency store failed to finish a request")
             mw.observer.idempotency(scope, "store_error")

@@ -11,6 +11,7 @@ from bastion._asgi import (
     replay_receive,
     send_problem,
 )
+from bastion._logging import ThrottledLogger
 from bastion.exceptions import ConfigurationError
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.ratelimit.headers import (
@@ -36,6 +37,7 @@ from bastion.typing import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware"]
 
 logger = logging.getLogger("bastion.ratelimit")
+store_failures = ThrottledLogger(logger)
 
 HIT_CACHE_SIZE = 4096
 """Hits kept per tier for keys seen recently; the cache is emptied whenever it fills."""
@@ -208,7 +210,7 @@ class RateLimitMiddleware:
                 decisions = await store.hit(hits)
         except Exception:
             # a limiter must never be the reason for a 500: every store fault is a store error
-            logger.warning("rate-limit store failed", exc_info=True)
+            store_failures.warning("rate-limit store failed")
             await self._store_failed(scope, receive, send, tiers)
             return
         allowed = True

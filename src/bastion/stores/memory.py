@@ -196,11 +196,13 @@ class MemoryStore:
         buckets = self._buckets
         decisions: list[RateLimitDecision] = []
         states: list[State] = []
+        allowed = True
         for one in hits:
             decision, state = decide(one, buckets.get(one.key, now), now)
             decisions.append(decision)
             states.append(state)
-        if all(d.allowed for d in decisions):
+            allowed = allowed and decision.allowed
+        if allowed:
             for one, state in zip(hits, states, strict=True):
                 buckets.put(one.key, state, expires_at(one, state), now)
         return decisions

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
     "Algorithm",
@@ -26,8 +26,7 @@ __all__ = [
 Algorithm = Literal["fixed_window", "sliding_window", "gcra"]
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """The outcome of `IdempotencyStore.claim`.
 
     ``acquired`` is true when the caller now holds the key's lease with its own token. Otherwise
@@ -92,9 +91,11 @@ class RateLimitHit:
     cost: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitDecision:
-    """One tier's answer. ``reset_ms`` is the time until the quota is fully back."""
+class RateLimitDecision(NamedTuple):
+    """One tier's answer. ``reset_ms`` is the time until the quota is fully back.
+
+    Answers (this and `Claim`) are named tuples: one is built per tier per request, and a
+    tuple costs less than half as much to build as a frozen dataclass."""
 
     allowed: bool
     limit: int
