@@ -23,7 +23,7 @@ from bastion.stores import RateLimitHit
 from bastion.stores.sql import SQLStore, build_metadata, define_tables, metadata
 from bastion.stores.sql.dialects import dialect_for
 from bastion.stores.sql.errors import is_transient, wrap
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, service_url
 
 pytestmark = pytest.mark.anyio
 
@@ -464,3 +464,37 @@ async def test_in_memory_sqlite_takes_turns(clock: FakeClock) -> None:
     assert won.count(True) == 1
     assert not (await store.hit([_hit("b", limit=5)]))[0].allowed
     await store.aclose()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        pytest.param("BASTION_TEST_POSTGRES_URL", marks=pytest.mark.postgres, id="postgres"),
+        pytest.param("BASTION_TEST_MYSQL_URL", marks=pytest.mark.mysql, id="mysql"),
+    ],
+)
+async def test_a_blocked_statement_fails_instead_of_hanging(variable: str) -> None:
+    """A statement stuck behind a lock ends in StoreError after the statement timeout, so a
+    hung or overloaded server cannot hold requests forever."""
+    from sqlalchemy import text
+
+    url = service_url(variable)
+    timeout_arg = "command_timeout" if "asyncpg" in url else "read_timeout"
+    prefix = f"h{uuid.uuid4().hex[:12]}_"
+    store = SQLStore(
+        url=url, table_prefix=prefix, engine_options={"connect_args": {timeout_arg: 1}}
+    )
+    other = SQLStore(url=url, table_prefix=prefix)
+    try:
+        await store.create_tables()
+        await store.claim("k", "fp", "t", lease_ms=60_000)
+        records = store.tables.records.name
+        async with other.engine.connect() as blocker, blocker.begin():
+            await blocker.execute(text(f"SELECT * FROM {records} FOR UPDATE"))
+            with anyio.fail_after(10), pytest.raises(StoreError):
+                await store.complete("k", "t", b"done", ttl_ms=60_000)
+    finally:
+        async with other.engine.begin() as conn:
+            await conn.run_sync(other.metadata.drop_all)
+        await other.aclose()
+        await store.aclose()

@@ -38,7 +38,13 @@ _DRIVERS = {
     "mysql": "mysql+asyncmy",
     "mariadb": "mysql+asyncmy",
 }
-_CONNECT_TIMEOUT_ARG = {"asyncpg": "timeout", "asyncmy": "connect_timeout"}
+DEFAULT_STATEMENT_TIMEOUT = 5.0
+DEFAULT_POOL_TIMEOUT = 5.0
+# driver: (connect timeout argument, per-statement timeout argument)
+_TIMEOUT_ARGS = {
+    "asyncpg": ("timeout", "command_timeout"),
+    "asyncmy": ("connect_timeout", "read_timeout"),
+}
 
 
 def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
@@ -48,10 +54,17 @@ def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
         if "+" not in parsed.drivername and parsed.drivername in _DRIVERS:
             parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
         kwargs = dict(options or {})
-        timeout_arg = _CONNECT_TIMEOUT_ARG.get(parsed.get_driver_name())
-        if timeout_arg is not None:
-            connect_args = {timeout_arg: DEFAULT_CONNECT_TIMEOUT, **kwargs.get("connect_args", {})}
-            kwargs["connect_args"] = connect_args
+        # a server that hangs must fail a request in seconds, not hold it (and a pooled
+        # connection) forever: bounded connects, statements and waits for a connection
+        timeout_args = _TIMEOUT_ARGS.get(parsed.get_driver_name())
+        if timeout_args is not None:
+            connect, statement = timeout_args
+            kwargs["connect_args"] = {
+                connect: DEFAULT_CONNECT_TIMEOUT,
+                statement: DEFAULT_STATEMENT_TIMEOUT,
+                **kwargs.get("connect_args", {}),
+            }
+            kwargs.setdefault("pool_timeout", DEFAULT_POOL_TIMEOUT)
         return create_async_engine(parsed, **kwargs)
     except ImportError as exc:
         raise ConfigurationError(
