@@ -63,15 +63,19 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def replay_receive(body: bytes, receive: Receive) -> Receive:
-    """A receive callable that hands the buffered body over once, then defers to ``receive``."""
+def replay_receive(body: bytes, receive: Receive, *, more_body: bool = False) -> Receive:
+    """A receive callable that hands the buffered body over once, then defers to ``receive``.
+
+    With ``more_body`` the buffered bytes are only a prefix and the rest still streams from
+    ``receive``.
+    """
     pending = True
 
     async def replay() -> Message:
         nonlocal pending
         if pending:
             pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": more_body}
         return await receive()
 
     return replay

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bastion import IdempotencyMiddleware, IdempotencySettings, StoreError
 from bastion.exceptions import ConfigurationError
 from bastion.stores import Claim, MemoryStore
+from tests.asgi import http_scope
 from tests.idempotency.apps import Backend, starlette_app
 from tests.idempotency.conftest import Factory
 
@@ -151,20 +152,7 @@ async def test_arbitrary_headers_and_bodies_never_500(
     async def send(message: Any) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"idempotency-key", raw_key), *extra],
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-    }
+    scope = http_scope(method, path, headers=[(b"idempotency-key", raw_key), *extra])
     await middleware(scope, receive_once(body), send)
     await middleware(scope, receive_once(body), send)
     statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from bastion import ConfigurationError, MetricsMiddleware, MetricsSettings
 from bastion.metrics import UNMATCHED_LABEL
 from bastion.typing import Message, Receive, Scope, Send
+from tests.asgi import http_scope
 from tests.metrics.conftest import client, label_values, value
 
 pytestmark = pytest.mark.anyio
@@ -132,20 +133,7 @@ async def _call(app: Any, method: str, path: str) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("test", 80),
-    }
+    scope = http_scope(method, path)
     await app(scope, receive, send)
     return status
 

@@ -13,6 +13,7 @@ from bastion.exceptions import StoreUnavailable
 from bastion.observe import RateLimitOutcome
 from bastion.stores import MemoryStore, RateLimitDecision, RateLimitHit
 from bastion.typing import Message, Receive, Scope, Send
+from tests.asgi import http_scope
 
 
 async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,20 +78,7 @@ async def call(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": list(headers),
-        "client": peer,
-        "server": ("test", 80),
-    }
+    scope = http_scope(method, path, headers=headers, query=query, client=peer)
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

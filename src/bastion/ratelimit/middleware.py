@@ -322,20 +322,7 @@ async def _buffer(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | N
             chunks.append(chunk)
         more = message.get("more_body", False)
         if size > limit:
-            return None, _replay_prefix(b"".join(chunks), more, receive)
+            return None, replay_receive(b"".join(chunks), receive, more_body=more)
         if not more:
             body = b"".join(chunks)
             return body, replay_receive(body, receive)
-
-
-def _replay_prefix(prefix: bytes, more: bool, receive: Receive) -> Receive:
-    pending = True
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": prefix, "more_body": more}
-        return await receive()
-
-    return replay
