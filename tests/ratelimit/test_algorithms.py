@@ -106,14 +106,19 @@ def expected(model: FixedWindowModel, t: int, cost: int) -> RateLimitDecision:
         model.events.append((t, cost))
     try:
         after = model.used(t)
-        reset = first_true(lambda d: model.used(t + d) == 0, 0, horizon)
+        remaining = max(0, floor(model.limit - after))
+        reset = 0
+        if remaining < model.limit:  # until one more unit than `remaining` is available
+            reset = first_true(
+                lambda d: floor(model.limit - model.used(t + d)) > remaining, 1, horizon
+            )
     finally:
         if fits:
             model.events.pop()
     return RateLimitDecision(
         allowed=fits,
         limit=model.limit,
-        remaining=max(0, floor(model.limit - after)),
+        remaining=remaining,
         reset_ms=reset,
         retry_after_ms=retry,
     )

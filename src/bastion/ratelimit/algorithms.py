@@ -37,13 +37,13 @@ def fixed_window(
     allowed = count + hit.cost <= limit
     if allowed:
         count += hit.cost
-    reset = start + window - now
+    window_end = start + window - now
     decision = RateLimitDecision(
         allowed=allowed,
         limit=limit,
         remaining=max(0, limit - count),
-        reset_ms=reset,
-        retry_after_ms=0 if allowed else reset,
+        reset_ms=window_end if count else 0,
+        retry_after_ms=0 if allowed else window_end,
     )
     return decision, (start, count, 0)
 
@@ -70,7 +70,10 @@ def sliding_window(
         retry_after = _sliding_retry_after(limit, window, cost, current, previous, elapsed)
     used_scaled = previous * left + current * window
     remaining = max(0, (limit * window - used_scaled) // window)
-    reset = left + window if current else (left if previous else 0)
+    # more quota is back once one more unit than `remaining` would fit
+    reset = 0
+    if remaining < limit:
+        reset = _sliding_retry_after(limit, window, remaining + 1, current, previous, elapsed)
     decision = RateLimitDecision(allowed, limit, remaining, reset, retry_after)
     return decision, (start, current, previous)
 
@@ -108,11 +111,14 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
         retry_after = 0
     else:
         retry_after = _ceil_div(wanted - capacity, limit)
+    remaining = (capacity - backlog) // window
+    # the next token is back when the backlog has drained to fit one more than `remaining`
+    reset = _ceil_div(backlog + (remaining + 1) * window - capacity, limit) if backlog else 0
     decision = RateLimitDecision(
         allowed=allowed,
         limit=limit,
-        remaining=(capacity - backlog) // window,
-        reset_ms=_ceil_div(backlog, limit),
+        remaining=remaining,
+        reset_ms=reset,
         retry_after_ms=retry_after,
     )
     return decision, (now + backlog // limit, backlog % limit, 0)

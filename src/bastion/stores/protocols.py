@@ -92,7 +92,9 @@ class RateLimitHit:
 
 
 class RateLimitDecision(NamedTuple):
-    """One tier's answer. ``reset_ms`` is the time until the quota is fully back.
+    """One tier's answer. ``reset_ms`` is the time until more quota is available (one more unit
+    than ``remaining``; 0 when the quota is whole), the ``t`` of the IETF ``RateLimit`` field
+    (draft -10 on).
 
     Answers (this and `Claim`) are named tuples: one is built per tier per request, and a
     tuple costs less than half as much to build as a frozen dataclass."""

@@ -37,10 +37,14 @@ local function fixed_window(limit, window, cost, state, now)
   if allowed then
     count = count + cost
   end
-  local reset = start + window - now
+  local window_end = start + window - now
   local retry = 0
   if not allowed then
-    retry = reset
+    retry = window_end
+  end
+  local reset = 0
+  if count ~= 0 then
+    reset = window_end
   end
   return allowed, math.max(0, limit - count), reset, retry, {start, count, 0}, start + window
 end
@@ -82,11 +86,10 @@ local function sliding_window(limit, window, cost, state, now)
   end
   local used = previous * left + current * window
   local remaining = math.max(0, idiv(limit * window - used, window))
+  -- more quota is back once one more unit than `remaining` would fit
   local reset = 0
-  if current ~= 0 then
-    reset = left + window
-  elseif previous ~= 0 then
-    reset = left
+  if remaining < limit then
+    reset = sliding_retry_after(limit, window, remaining + 1, current, previous, elapsed)
   end
   return allowed, remaining, reset, retry, {start, current, previous}, start + 2 * window
 end
@@ -106,10 +109,15 @@ local function gcra(limit, window, cost, state, now)
   else
     retry = ceil_div(wanted - capacity, limit)
   end
+  local remaining = idiv(capacity - backlog, window)
+  -- the next token is back when the backlog has drained to fit one more than `remaining`
+  local reset = 0
+  if backlog > 0 then
+    reset = ceil_div(backlog + (remaining + 1) * window - capacity, limit)
+  end
   local tat = now + idiv(backlog, limit)
   local state_out = {tat, backlog - idiv(backlog, limit) * limit, 0}
-  return allowed, idiv(capacity - backlog, window), ceil_div(backlog, limit), retry, state_out,
-    tat + 1
+  return allowed, remaining, reset, retry, state_out, tat + 1
 end
 
 local ALGORITHMS = {f = fixed_window, s = sliding_window, g = gcra}
