@@ -159,3 +159,66 @@ async def test_arbitrary_headers_and_bodies_never_500(
     assert len(statuses) == 2
     assert all(status < 500 for status in statuses)
     assert backend.calls["charge"] <= 1
+
+
+async def test_exception_after_the_full_response_keeps_it() -> None:
+    """A handler that raised after its whole response went out (a failing background task)
+    ran: a retry replays that response instead of running the handler a second time."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    runs: list[int] = []
+
+    async def notify() -> None:
+        raise RuntimeError("mail server down")
+
+    async def charge(request: Request) -> Response:
+        runs.append(1)
+        return JSONResponse(
+            {"charge": len(runs)}, status_code=201, background=BackgroundTask(notify)
+        )
+
+    app = Starlette(routes=[Route("/charge", charge, methods=["POST"])])
+    middleware = IdempotencyMiddleware(app, store=MemoryStore())
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    def scope() -> dict[str, Any]:
+        return http_scope("POST", "/charge", headers=[(b"idempotency-key", b"bg")])
+
+    with pytest.raises(RuntimeError):
+        await middleware(scope(), receive_once(b"{}"), send)
+    sent.clear()
+    await middleware(scope(), receive_once(b"{}"), send)
+    assert runs == [1]
+    assert sent[0]["status"] == 201
+    assert (b"idempotent-replayed", b"true") in sent[0]["headers"]
+    assert sent[1]["body"] == b'{"charge":1}'
+
+
+async def test_exception_mid_stream_releases_the_key() -> None:
+    """A response cut short by an exception is never stored: a retry runs the handler again."""
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise RuntimeError("stream broke")
+
+    middleware = IdempotencyMiddleware(app, store=MemoryStore())
+
+    async def send(message: Any) -> None:
+        pass
+
+    for _ in range(2):
+        scope = http_scope("POST", "/stream", headers=[(b"idempotency-key", b"cut")])
+        with pytest.raises(RuntimeError):
+            await middleware(scope, receive_once(b"{}"), send)
+    assert runs == [1, 1]

@@ -82,8 +82,8 @@ class IdempotencyMiddleware:
 
     The first request takes a lease on its key; duplicates that arrive while it runs get 409
     (or wait, with ``settings.wait``); the same key with another body or route gets 422. The
-    handler's response is stored unless it is a server error, too large, or the handler raised,
-    in which case the key is released so a retry runs again.
+    handler's response is stored unless it is a server error, too large, or the handler raised
+    before sending all of it, in which case the key is released so a retry runs again.
     """
 
     def __init__(
@@ -328,11 +328,13 @@ class _Request:
                     keeper.stop()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._finish(None)
+                await self._finish(capture)
             raise
         if error is not None:
+            # a response already sent in full (the app raised afterwards, in a background
+            # task) is kept: the handler ran, and a retry must not run it again
             with anyio.CancelScope(shield=True):
-                await self._finish(None)
+                await self._finish(capture)
             raise error
         await self._finish(capture)
 
