@@ -72,6 +72,9 @@ def test_unparsable_values_name_the_variable(name: str, value: str) -> None:
         {"lease_seconds": 100, "ttl_seconds": 10},
         {"max_key_length": 0},
         {"header_name": " "},
+        {"header_name": "Idempotency Key"},
+        {"header_name": "clé"},
+        {"lease_seconds": 0.001},
         {"max_response_bytes": -1},
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, Self
@@ -21,6 +22,7 @@ from bastion.ratelimit.tiers import Tier
 __all__ = ["EnvSettings", "IdempotencySettings", "RateLimitSettings"]
 
 _TRUE = {"1", "true", "yes", "on"}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -130,14 +132,16 @@ class IdempotencySettings(EnvSettings):
         for name in ("ttl_seconds", "lease_seconds", "wait_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive")
+        if self.lease_seconds < 0.05:
+            raise ConfigurationError("lease_seconds must be at least 0.05")
+        if not _TOKEN.fullmatch(self.header_name):
+            raise ConfigurationError(f"header_name {self.header_name!r} is not an HTTP field name")
         if self.lease_seconds > self.ttl_seconds:
             raise ConfigurationError("lease_seconds cannot exceed ttl_seconds")
         if self.conflict_retry_after_seconds < 1:
             raise ConfigurationError("conflict_retry_after_seconds must be at least 1")
         if self.max_request_bytes < 0 or self.max_response_bytes < 0:
             raise ConfigurationError("byte limits cannot be negative")
-        if not self.header_name.strip():
-            raise ConfigurationError("header_name cannot be empty")
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
     def keeps(self, status: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -222,3 +223,40 @@ async def test_exception_mid_stream_releases_the_key() -> None:
         with pytest.raises(RuntimeError):
             await middleware(scope, receive_once(b"{}"), send)
     assert runs == [1, 1]
+
+
+class CorruptStore(MemoryStore):
+    """A store whose stored responses come back as bytes of an unknown format."""
+
+    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+        claim = await super().claim(key, fingerprint, token, lease_ms=lease_ms)
+        if claim.response is not None:
+            return claim._replace(response=b"\x09garbage")
+        return claim
+
+
+@pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
+async def test_unreadable_stored_response_is_a_store_failure(
+    make_client: Factory, backend: Backend, fail_open: bool, status: int
+) -> None:
+    """A stored response that cannot be decoded (another format version, corruption) is
+    handled like a store failure, never a 500."""
+    client = make_client(IdempotencySettings(fail_open=fail_open), store=CorruptStore())
+    await client.post("/charge", json={}, headers=KEY)
+    retry = await client.post("/charge", json={}, headers=KEY)
+    assert retry.status_code == status
+    assert backend.calls["charge"] == (2 if fail_open else 1)
+
+
+async def test_different_keys_in_one_request_are_400(
+    client: httpx.AsyncClient, backend: Backend
+) -> None:
+    """Two Idempotency-Key headers that disagree are refused; identical repeats are fine."""
+    both = [(b"idempotency-key", b"a"), (b"idempotency-key", b"b")]
+    same = [(b"idempotency-key", b"a"), (b"idempotency-key", b"a")]
+    refused = await client.post("/charge", json={}, headers=both)
+    accepted = await client.post("/charge", json={}, headers=same)
+    assert refused.status_code == 400
+    assert refused.json()["type"] == "urn:bastion:problem:idempotency-key-invalid"
+    assert accepted.status_code == 201
+    assert backend.calls["charge"] == 1

@@ -8,7 +8,7 @@ import re
 from bastion._asgi import header
 from bastion.typing import Scope
 
-__all__ = ["InvalidKey", "default_principal", "parse_key", "scoped_key"]
+__all__ = ["InvalidKey", "default_principal", "key_header", "parse_key", "scoped_key"]
 
 
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
@@ -16,6 +16,18 @@ _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 class InvalidKey(ValueError):
     """The header value cannot be used as a key; the message says why."""
+
+
+def key_header(scope: Scope, name: bytes) -> bytes | None:
+    """The key header's value; several headers are refused unless they all say the same,
+    since a proxy and a client disagreeing about the key must not pick one silently."""
+    found: bytes | None = None
+    for field, value in scope["headers"]:
+        if field == name:
+            if found is not None and bytes(value) != found:
+                raise InvalidKey("the request carries several different Idempotency-Key headers")
+            found = bytes(value)
+    return found
 
 
 def parse_key(raw: bytes, max_length: int) -> str:

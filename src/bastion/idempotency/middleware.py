@@ -14,7 +14,6 @@ from bastion._asgi import (
     ANSWERED_SCOPE_KEY,
     BodyTooLarge,
     ClientDisconnected,
-    header,
     read_body,
     replay_receive,
     send_problem,
@@ -22,7 +21,13 @@ from bastion._asgi import (
 from bastion._logging import ThrottledLogger
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency.fingerprint import fingerprint
-from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
+from bastion.idempotency.keys import (
+    InvalidKey,
+    default_principal,
+    key_header,
+    parse_key,
+    scoped_key,
+)
 from bastion.idempotency.lease import LeaseKeeper, run_keeping_lease
 from bastion.idempotency.records import StoredResponse
 from bastion.observe import NULL_OBSERVER, Observer, timed
@@ -125,8 +130,17 @@ class IdempotencyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        raw_key = header(scope, self._header)
-        if raw_key is None:
+        try:
+            raw_key = key_header(scope, self._header)
+            key = None if raw_key is None else parse_key(raw_key, self.settings.max_key_length)
+        except InvalidKey as exc:
+            self.observer.idempotency(scope, "invalid_key")
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
+            await send_problem(
+                send, 400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)
+            )
+            return
+        if key is None:
             if self._require is not None and self._require.match(scope["path"]):
                 self.observer.idempotency(scope, "missing_key")
                 scope[ANSWERED_SCOPE_KEY] = "idempotency"
@@ -139,15 +153,6 @@ class IdempotencyMiddleware:
                 )
                 return
             await self.app(scope, receive, send)
-            return
-        try:
-            key = parse_key(raw_key, self.settings.max_key_length)
-        except InvalidKey as exc:
-            self.observer.idempotency(scope, "invalid_key")
-            scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await send_problem(
-                send, 400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)
-            )
             return
         try:
             body = await read_body(receive, self.settings.max_request_bytes)
@@ -241,23 +246,19 @@ class _Request:
                 claim = await self._wait(claim)
         except StoreError:
             store_failures.warning("idempotency store failed on claim")
-            mw.observer.idempotency(scope, "store_error")
-            if mw.settings.fail_open:
-                await mw.app(scope, receive, self.send)
-                return
-            scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await send_problem(
-                self.send,
-                503,
-                "store-unavailable",
-                "Idempotency store unavailable",
-                "The request was not run because its idempotency could not be guaranteed.",
-                headers=[(b"retry-after", b"1")],
-            )
+            await self._unprotected(receive)
             return
         if claim.acquired:
             await self._execute(receive)
             return
+        stored = None
+        if claim.response is not None and claim.fingerprint == self.fingerprint:
+            try:
+                stored = StoredResponse.decode(claim.response)
+            except ValueError:
+                store_failures.warning("idempotency store returned an unreadable response")
+                await self._unprotected(receive)
+                return
         scope[ANSWERED_SCOPE_KEY] = "idempotency"
         if claim.fingerprint != self.fingerprint:
             mw.observer.idempotency(scope, "payload_mismatch")
@@ -268,9 +269,9 @@ class _Request:
                 "Idempotency-Key reused",
                 "This key was already used for a different request (method, path, query or body).",
             )
-        elif claim.response is not None:
+        elif stored is not None:
             mw.observer.idempotency(scope, "replayed")
-            await self._replay(claim.response)
+            await self._replay(stored)
         else:
             mw.observer.idempotency(scope, "conflict_in_flight")
             remaining = math.ceil(claim.lease_remaining_ms / 1000)
@@ -291,11 +292,29 @@ class _Request:
             while not claim.acquired and claim.response is None:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _WAIT_MAX_POLL)
-                claim = await self._claim()
+                # a claim cut short by the timeout could hold the key with nobody running it
+                with anyio.CancelScope(shield=True):
+                    claim = await self._claim()
         return claim
 
-    async def _replay(self, data: bytes) -> None:
-        response = StoredResponse.decode(data)
+    async def _unprotected(self, receive: Receive) -> None:
+        """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
+        mw, scope = self.mw, self.scope
+        mw.observer.idempotency(scope, "store_error")
+        if mw.settings.fail_open:
+            await mw.app(scope, receive, self.send)
+            return
+        scope[ANSWERED_SCOPE_KEY] = "idempotency"
+        await send_problem(
+            self.send,
+            503,
+            "store-unavailable",
+            "Idempotency store unavailable",
+            "The request was not run because its idempotency could not be guaranteed.",
+            headers=[(b"retry-after", b"1")],
+        )
+
+    async def _replay(self, response: StoredResponse) -> None:
         await self.send(
             {
                 "type": "http.response.start",

@@ -59,16 +59,24 @@ class StoredResponse:
 
     @classmethod
     def decode(cls, data: bytes) -> StoredResponse:
-        version, status, count = _HEAD.unpack_from(data)
-        if version != _VERSION:
-            raise ValueError(f"unknown stored response format {version}")
-        offset = _HEAD.size
-        headers = []
-        for _ in range(count):
-            name_length, value_length = _FIELD.unpack_from(data, offset)
-            offset += _FIELD.size
-            name = data[offset : offset + name_length]
-            offset += name_length
-            headers.append((name, data[offset : offset + value_length]))
-            offset += value_length
+        """The response ``encode`` wrote; ValueError for anything else (another format
+        version, truncated or foreign bytes)."""
+        try:
+            version, status, count = _HEAD.unpack_from(data)
+            if version != _VERSION:
+                raise ValueError(f"unknown stored response format {version}")
+            offset = _HEAD.size
+            headers = []
+            for _ in range(count):
+                name_length, value_length = _FIELD.unpack_from(data, offset)
+                offset += _FIELD.size
+                name = data[offset : offset + name_length]
+                offset += name_length
+                value = data[offset : offset + value_length]
+                offset += value_length
+                if len(name) != name_length or len(value) != value_length:
+                    raise ValueError("truncated stored response")
+                headers.append((name, value))
+        except struct.error as exc:
+            raise ValueError(f"truncated stored response: {exc}") from None
         return cls(status, tuple(headers), data[offset:])
