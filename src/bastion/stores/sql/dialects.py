@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     CursorResult,
@@ -19,6 +19,8 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
+    literal,
     select,
     text,
     update,
@@ -184,6 +186,30 @@ def _fresh_bucket(i: int) -> dict[str, Any]:
 class PostgreSQL(Dialect):
     name = "postgresql"
     autocommit = True
+
+    def __init__(self, tables: SQLTables) -> None:
+        super().__init__(tables)
+        r = tables.records
+        # One round trip: the insert, and the row it ran into. The main query cannot see a
+        # row the CTE inserted, and may miss one committed after its snapshot began: both
+        # read as NULL, told apart by `acquired`; the second makes the caller claim again.
+        inserted = cast(postgresql.Insert, self.claim_stmt).cte("claimed")
+        acquired = select(func.count()).select_from(inserted).scalar_subquery()
+        anchor = select(literal(1).label("one")).subquery("anchor")
+        self._claim_or_read = select(
+            acquired, r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at
+        ).select_from(anchor.outerjoin(r, r.c.key == bindparam("p_key")))
+
+    async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        acquired, *row = (await conn.execute(self._claim_or_read, params)).one()
+        if acquired:
+            return True, None
+        if row[0] is None:
+            return False, None
+        if row[3] > params["p_now"]:
+            return False, tuple(row)
+        taken = await conn.execute(self.take_over, params)
+        return (True, None) if taken.rowcount == 1 else (False, None)
 
 
 class SQLite(Dialect):
