@@ -25,7 +25,7 @@ from bastion import (
     StoreUnavailable,
     TransactionError,
 )
-from bastion.idempotency.middleware import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
 from bastion.stores import MemoryStore
 from bastion.stores.sql import SQLStore
 from bastion.typing import ASGIApp, Message, Receive, Scope, Send

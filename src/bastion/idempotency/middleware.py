@@ -20,6 +20,8 @@ from bastion._asgi import (
 )
 from bastion._logging import ThrottledLogger
 from bastion.exceptions import ConfigurationError, StoreError
+from bastion.idempotency.capture import ResponseCapture
+from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
 from bastion.idempotency.fingerprint import fingerprint
 from bastion.idempotency.keys import (
     InvalidKey,
@@ -33,9 +35,9 @@ from bastion.idempotency.records import StoredResponse
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.settings import IdempotencySettings
 from bastion.stores.protocols import Claim, IdempotencyStore
-from bastion.typing import ASGIApp, Message, PrincipalExtractor, Receive, Scope, Send
+from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
 
-__all__ = ["SCOPE_KEY", "IdempotencyContext", "IdempotencyMiddleware"]
+__all__ = ["IdempotencyMiddleware"]
 
 logger = logging.getLogger("bastion.idempotency")
 store_failures = ThrottledLogger(logger)
@@ -49,37 +51,6 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{translate(p)})" for p in patterns))
-
-
-class _Capture:
-    """Wraps ``send`` to keep a copy of the response while it streams to the client."""
-
-    __slots__ = ("body", "complete", "headers", "limit", "overflow", "send", "status")
-
-    def __init__(self, send: Send, limit: int) -> None:
-        self.send = send
-        self.limit = limit
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
-        self.overflow = False
-        self.complete = False
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.headers = list(message.get("headers", ()))
-        elif message["type"] == "http.response.body":
-            chunk = message.get("body", b"")
-            if not self.overflow:
-                if len(self.body) + len(chunk) > self.limit:
-                    self.overflow = True
-                    self.body.clear()
-                else:
-                    self.body += chunk
-            if not message.get("more_body", False):
-                self.complete = True
-        await self.send(message)
 
 
 class IdempotencyMiddleware:
@@ -170,40 +141,6 @@ class IdempotencyMiddleware:
             )
             return
         await _Request(self, scope, key, body, send).run(replay_receive(body, receive))
-
-
-class IdempotencyContext:
-    """What a handler may know about its own keyed request, at ``scope["bastion.idempotency"]``.
-
-    A store that can join the handler's own transaction (the SQL store) uses ``key`` and
-    ``token`` to write the response in that transaction and then sets ``completed``, so the
-    middleware does not write it a second time. ``store`` and ``settings`` are the
-    middleware's, so such a helper writes to the store holding the lease, with the same TTL
-    and the same rule for which responses are kept (``settings.keeps``). It puts what it
-    stored in ``response``, so the middleware can check that it sent the same response.
-    """
-
-    __slots__ = ("completed", "fingerprint", "key", "response", "settings", "store", "token")
-
-    def __init__(
-        self,
-        key: str,
-        token: str,
-        fingerprint: str,
-        *,
-        store: IdempotencyStore | None = None,
-        settings: IdempotencySettings | None = None,
-    ) -> None:
-        self.key = key
-        self.token = token
-        self.fingerprint = fingerprint
-        self.store = store
-        self.settings = settings or IdempotencySettings()
-        self.completed = False
-        self.response: bytes | None = None
-
-
-SCOPE_KEY = "bastion.idempotency"
 
 
 class _Request:
@@ -326,7 +263,7 @@ class _Request:
 
     async def _execute(self, receive: Receive) -> None:
         mw = self.mw
-        capture = _Capture(self.send, mw.settings.max_response_bytes)
+        capture = ResponseCapture(self.send, mw.settings.max_response_bytes)
         self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
             self.key, self.token, self.fingerprint, store=mw.store, settings=mw.settings
         )
@@ -376,12 +313,12 @@ class _Request:
             mw.observer.idempotency(self.scope, "lease_lost")
         return held
 
-    def _storable(self, capture: _Capture | None) -> bool:
+    def _storable(self, capture: ResponseCapture | None) -> bool:
         if capture is None or not capture.complete or capture.overflow:
             return False
         return self.mw.settings.keeps(capture.status)
 
-    def _check_sent(self, stored: bytes | None, capture: _Capture | None) -> None:
+    def _check_sent(self, stored: bytes | None, capture: ResponseCapture | None) -> None:
         """Warn when the handler stored one response in its transaction and sent another:
         retries would replay the stored one. Something between this middleware and the
         handler changed it (compression, added headers) or the handler did after storing."""
@@ -396,7 +333,7 @@ class _Request:
                 "response after completing it)"
             )
 
-    async def _finish(self, capture: _Capture | None) -> None:
+    async def _finish(self, capture: ResponseCapture | None) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
         if self.context is not None and self.context.completed:

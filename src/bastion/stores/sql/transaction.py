@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from bastion._asgi import PROBLEM_CONTENT_TYPE, problem_json
 from bastion.exceptions import TransactionError
-from bastion.idempotency.middleware import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
 from bastion.idempotency.records import StoredResponse
 from bastion.settings import IdempotencySettings
 from bastion.stores.sql.errors import CAUGHT, wrap
