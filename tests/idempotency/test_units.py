@@ -81,3 +81,83 @@ def test_capture_drops_hop_by_hop_and_cookies() -> None:
         b"x",
     )
     assert stored.headers == ((b"content-type", b"text/plain"),)
+
+
+class _User:
+    def __init__(self, identity: str | None, authenticated: bool = True) -> None:
+        self._identity = identity
+        self.is_authenticated = authenticated
+
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            raise NotImplementedError
+        return self._identity
+
+
+def test_default_principal_prefers_an_authenticated_user() -> None:
+    """A user put in the scope by authentication middleware outranks the raw credential, so a
+    refreshed token keeps its principal; users without identity fall back to credentials."""
+    token_1 = {"headers": [(b"authorization", b"Bearer one")], "user": _User("acct-7")}
+    token_2 = {"headers": [(b"authorization", b"Bearer two")], "user": _User("acct-7")}
+    assert default_principal(token_1) == default_principal(token_2) == "user:acct-7"
+    anonymous = {"headers": [(b"authorization", b"Bearer one")], "user": _User("x", False)}
+    no_identity = {"headers": [(b"authorization", b"Bearer one")], "user": _User(None)}
+    assert default_principal(anonymous).startswith("cred:")
+    assert default_principal(no_identity).startswith("cred:")
+
+
+@pytest.mark.anyio
+async def test_token_refresh_between_retries_still_replays() -> None:
+    """With Starlette's AuthenticationMiddleware outside, a retry carrying a refreshed bearer
+    token is the same principal and gets the replay instead of a second run."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.requests import HTTPConnection, Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from bastion import IdempotencyMiddleware
+    from bastion.stores import MemoryStore
+
+    class Account(BaseUser):
+        def __init__(self, account: str) -> None:
+            self.account = account
+
+        @property
+        def is_authenticated(self) -> bool:
+            return True
+
+        @property
+        def identity(self) -> str:
+            return self.account
+
+    class Tokens(AuthenticationBackend):
+        async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+            token = conn.headers["authorization"].removeprefix("Bearer ")
+            return AuthCredentials(["pay"]), Account({"t1": "acct-7", "t2": "acct-7"}[token])
+
+    runs = []
+
+    async def pay(request: Request) -> JSONResponse:
+        runs.append(1)
+        return JSONResponse({"run": len(runs)}, status_code=201)
+
+    app = Starlette(
+        routes=[Route("/pay", pay, methods=["POST"])],
+        middleware=[
+            Middleware(AuthenticationMiddleware, backend=Tokens()),
+            Middleware(IdempotencyMiddleware, store=MemoryStore()),
+        ],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        key = {"Idempotency-Key": "pay-1"}
+        first = await client.post("/pay", headers={**key, "Authorization": "Bearer t1"})
+        retry = await client.post("/pay", headers={**key, "Authorization": "Bearer t2"})
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.content == first.content
+    assert runs == [1]

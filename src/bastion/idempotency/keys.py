@@ -69,11 +69,23 @@ def _unquote(inner: bytes) -> bytes:
 
 
 def default_principal(scope: Scope) -> str:
-    """The caller's credentials if it sent any, else its network address.
+    """The authenticated user if an authentication layer put one in the scope, else the
+    caller's credentials if it sent any, else its network address.
 
-    Credentials are hashed before they become part of a store key. Behind a proxy the address
-    is the proxy's: pass a principal extractor that knows your authentication instead.
+    A user set by authentication middleware outside this one (Starlette's
+    ``scope["user"]``, with a stable ``identity``) survives token refreshes: a retry sent with
+    a renewed bearer token still finds its key. Raw credentials are hashed before they become
+    part of a store key. Behind a proxy the address is the proxy's: pass a principal
+    extractor that knows your authentication instead.
     """
+    user = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        try:
+            identity = user.identity
+        except (AttributeError, NotImplementedError):
+            identity = None
+        if identity:
+            return f"user:{identity}"
     credential = header(scope, b"authorization") or header(scope, b"x-api-key")
     if credential:
         return "cred:" + hashlib.blake2b(credential, digest_size=16).hexdigest()
