@@ -1,19 +1,22 @@
-"""Keeping a lease alive while a handler runs, at no cost to handlers that finish quickly.
+"""Keeping leases alive while handlers run, at almost no cost to handlers that finish quickly.
 
-Most handlers finish long before a third of their lease has passed, so on asyncio the keeper
-only arms a timer (``loop.call_later``); a renewal task exists only once a handler outlives
-that timer. Starting a task group per request instead costs several event-loop iterations,
-which dominated the middleware's overhead. Other event loops (trio) get a task group.
+Most handlers finish long before a third of their lease has passed. So on asyncio one
+`LeaseRegistry` per middleware keeps a single timer for all its requests: a request costs a
+dictionary insert and delete, and a renewal task exists only for a request that outlives a
+sweep. (A task group per request cost several event-loop iterations and dominated the
+middleware's overhead; a timer per request still cost a few microseconds.) Other event loops
+(trio) get a task group per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
 
-__all__ = ["LeaseKeeper", "run_keeping_lease"]
+__all__ = ["LeaseRegistry", "run_keeping_lease"]
 
 Renew = Callable[[], Awaitable[bool]]
 """Renews once; False means stop (the lease is lost or no longer needed)."""
@@ -26,38 +29,82 @@ async def _renew_every(interval: float, renew: Renew) -> None:
             return
 
 
-class LeaseKeeper:
-    """An armed timer on the running asyncio loop that starts renewing when it fires."""
+class _LoopLeases:
+    """The requests of one middleware on one event loop, with the loop's single sweep timer."""
 
-    __slots__ = ("_handle", "_interval", "_loop", "_renew", "_task")
+    __slots__ = ("__weakref__", "interval", "loop", "running", "tasks", "timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, renew: Renew) -> None:
-        self._loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.running: dict[object, tuple[float, Renew]] = {}
+        self.tasks: dict[object, asyncio.Task[None]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, holder: object, renew: Renew) -> None:
+        self.running[holder] = (self.loop.time(), renew)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.interval, self._sweep)
+
+    def remove(self, holder: object) -> None:
+        self.running.pop(holder, None)
+        task = self.tasks.pop(holder, None)
+        if task is not None:
+            task.cancel()
+
+    def _sweep(self) -> None:
+        self.timer = None
+        due = self.loop.time() - self.interval
+        for holder, (started, renew) in list(self.running.items()):
+            if started <= due and holder not in self.tasks:
+                self.tasks[holder] = self.loop.create_task(self._keep(holder, renew))
+        if self.running:
+            self.timer = self.loop.call_later(self.interval, self._sweep)
+
+    async def _keep(self, holder: object, renew: Renew) -> None:
+        try:
+            if await renew():
+                await _renew_every(self.interval, renew)
+        finally:
+            if self.tasks.get(holder) is asyncio.current_task():
+                # renewing stopped by itself (lease lost, or no longer needed): sweep it no more
+                del self.tasks[holder]
+                self.running.pop(holder, None)
+
+
+class LeaseRegistry:
+    """The requests of one middleware holding leases, renewed every ``interval`` seconds.
+
+    Per event loop, a sweep runs every ``interval`` while any request is registered and starts
+    a renewal task for each one registered before the previous sweep, so a lease is first
+    renewed between one and two intervals after it was taken: before it runs out, with the
+    interval a third of the lease.
+    """
+
+    __slots__ = ("_interval", "_last", "_loops")
+
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._renew = renew
-        self._task: asyncio.Task[None] | None = None
-        self._handle = loop.call_later(interval, self._spawn)
+        self._last: _LoopLeases | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLeases] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    @classmethod
-    def start(cls, interval: float, renew: Renew) -> LeaseKeeper | None:
-        """A keeper on the running asyncio loop, or None under another event loop."""
+    def add(self, holder: object, renew: Renew) -> _LoopLeases | None:
+        """Register a running request; None when not on asyncio (use `run_keeping_lease`),
+        else what to hand to `remove` once it has finished."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        return cls(loop, interval, renew)
-
-    def _spawn(self) -> None:
-        self._task = self._loop.create_task(self._run())
-
-    async def _run(self) -> None:
-        if await self._renew():
-            await _renew_every(self._interval, self._renew)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        leases = self._last
+        if leases is None or leases.loop is not loop:
+            leases = self._loops.get(loop)
+            if leases is None:
+                leases = self._loops[loop] = _LoopLeases(loop, self._interval)
+            self._last = leases
+        leases.add(holder, renew)
+        return leases
 
 
 async def run_keeping_lease(

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Awaitable
 from fnmatch import translate
 
 import anyio
@@ -30,8 +31,8 @@ from bastion.idempotency.keys import (
     parse_key,
     scoped_key,
 )
-from bastion.idempotency.lease import LeaseKeeper, run_keeping_lease
-from bastion.idempotency.records import StoredResponse
+from bastion.idempotency.lease import LeaseRegistry, run_keeping_lease
+from bastion.idempotency.records import StoredResponse, encode_response
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.settings import IdempotencySettings
 from bastion.stores.protocols import Claim, IdempotencyStore
@@ -86,7 +87,11 @@ class IdempotencyMiddleware:
         self._require = _compile(settings.require_key)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._ttl_ms = int(settings.ttl_seconds * 1000)
+        # shared by the requests in flight, like a connection pool: one timer renews them all
+        self._leases = LeaseRegistry(settings.lease_seconds / 3)
         self._backend = store.backend
+        self._methods = settings.methods
+        self._filtered = self._include is not None or self._exclude is not None
 
     def _applies(self, path: str) -> bool:
         if self._include is not None and not self._include.match(path):
@@ -96,8 +101,8 @@ class IdempotencyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["method"] not in self.settings.methods
-            or not self._applies(scope["path"])
+            or scope["method"] not in self._methods
+            or (self._filtered and not self._applies(scope["path"]))
         ):
             await self.app(scope, receive, send)
             return
@@ -161,9 +166,9 @@ class _Request:
         self.token = os.urandom(16).hex()
         self.context: IdempotencyContext | None = None
 
-    async def _claim(self) -> Claim:
+    def _claim(self) -> Awaitable[Claim]:
         mw = self.mw
-        return await timed(
+        return timed(
             mw.observer,
             mw._backend,
             "claim",
@@ -267,21 +272,22 @@ class _Request:
         self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
             self.key, self.token, self.fingerprint, store=mw.store, settings=mw.settings
         )
-        interval = mw._lease_ms / 3000
         error: Exception | None = None
         try:
-            keeper = LeaseKeeper.start(interval, self._renew_lease)
-            if keeper is None:
-                error = await run_keeping_lease(
-                    interval, self._renew_lease, lambda: mw.app(self.scope, receive, capture)
-                )
-            else:
+            leases = mw._leases.add(self, self._renew_lease)
+            if leases is not None:
                 try:
                     await mw.app(self.scope, receive, capture)
                 except Exception as exc:
                     error = exc
                 finally:
-                    keeper.stop()
+                    leases.remove(self)
+            else:
+                error = await run_keeping_lease(
+                    mw._lease_ms / 3000,
+                    self._renew_lease,
+                    lambda: mw.app(self.scope, receive, capture),
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._finish(capture)
@@ -342,9 +348,7 @@ class _Request:
             return
         try:
             if capture is not None and self._storable(capture):
-                data = StoredResponse.capture(
-                    capture.status, capture.headers, bytes(capture.body)
-                ).encode()
+                data = encode_response(capture.status, capture.headers, bytes(capture.body))
                 stored = await timed(
                     mw.observer,
                     mw._backend,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["NOT_REPLAYED", "StoredResponse"]
+__all__ = ["NOT_REPLAYED", "StoredResponse", "encode_response"]
 
 NOT_REPLAYED = frozenset(
     {
@@ -30,6 +30,43 @@ _HEAD = struct.Struct(">BHH")
 _FIELD = struct.Struct(">HI")
 
 
+def _replayable(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    kept = []
+    for name, value in headers:
+        name = name.lower()
+        if name not in NOT_REPLAYED:
+            kept.append((name, value))
+    return tuple(kept)
+
+
+def encode_response(
+    status: int,
+    headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+    body: bytes,
+    *,
+    replayable_only: bool = True,
+) -> bytes:
+    """The stored form of a response: version, status, length-prefixed headers, then the body.
+
+    By default only the replayable headers, lower-cased: `StoredResponse.capture(...).encode()`
+    in one pass, for the middleware's hot path.
+    """
+    parts = [b""]
+    count = 0
+    for name, value in headers:
+        if replayable_only:
+            name = name.lower()
+            if name in NOT_REPLAYED:
+                continue
+        parts.append(_FIELD.pack(len(name), len(value)))
+        parts.append(name)
+        parts.append(value)
+        count += 1
+    parts[0] = _HEAD.pack(_VERSION, status, count)
+    parts.append(body)
+    return b"".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     status: int
@@ -40,22 +77,12 @@ class StoredResponse:
     def capture(
         cls, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> StoredResponse:
-        kept = []
-        for name, value in headers:
-            name = name.lower()
-            if name not in NOT_REPLAYED:
-                kept.append((name, value))
-        return cls(status, tuple(kept), body)
+        """The replayable part of a response as the app sent it."""
+        return cls(status, _replayable(headers), body)
 
     def encode(self) -> bytes:
-        """A compact binary form: version, status, length-prefixed headers, then the body."""
-        parts = [_HEAD.pack(_VERSION, self.status, len(self.headers))]
-        for name, value in self.headers:
-            parts.append(_FIELD.pack(len(name), len(value)))
-            parts.append(name)
-            parts.append(value)
-        parts.append(self.body)
-        return b"".join(parts)
+        """The stored form, every header kept as it is."""
+        return encode_response(self.status, self.headers, self.body, replayable_only=False)
 
     @classmethod
     def decode(cls, data: bytes) -> StoredResponse:
