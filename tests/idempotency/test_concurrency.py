@@ -117,12 +117,12 @@ async def test_long_handler_renews_its_lease(make_client: Factory, backend: Back
     """A handler running past its lease keeps the key: the lease is renewed while it runs,
     by a timer on asyncio and by a task group on trio."""
     store = MemoryStore(clock=time.time)
-    client = make_client(IdempotencySettings(lease_seconds=0.3), store=store)
+    client = make_client(IdempotencySettings(lease_seconds=0.5), store=store)
     gate = backend.gate = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(client.post, "/charge", headers=KEY))
         await backend.entered.wait()
-        await anyio.sleep(0.9)  # three lease lengths
+        await anyio.sleep(1.5)  # three lease lengths
         backend.gate = None  # were the lease lost, the duplicate would run, not hang
         duplicate = await client.post("/charge", headers=KEY)
         gate.set()
