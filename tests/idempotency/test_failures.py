@@ -260,3 +260,29 @@ async def test_different_keys_in_one_request_are_400(
     assert refused.json()["type"] == "urn:bastion:problem:idempotency-key-invalid"
     assert accepted.status_code == 201
     assert backend.calls["charge"] == 1
+
+
+async def test_outer_middleware_editing_headers_in_place_is_not_stored() -> None:
+    """A middleware outside that appends to the response's header list in place does not
+    leak its header into the stored response, so a replay carries it once, not twice."""
+    from bastion.typing import ASGIApp, Message, Receive, Scope, Send
+
+    def outer(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            async def add_header(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"].append((b"x-outer", b"1"))
+                await send(message)
+
+            await app(scope, receive, add_header)
+
+        return wrapped
+
+    backend = Backend()
+    app = outer(IdempotencyMiddleware(starlette_app(backend), store=MemoryStore()))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        await client.post("/charge", json={}, headers=KEY)
+        replay = await client.post("/charge", json={}, headers=KEY)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers.get_list("x-outer") == ["1"]
