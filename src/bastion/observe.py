@@ -7,7 +7,7 @@ default `NULL_OBSERVER` does nothing and costs one attribute lookup and call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from time import perf_counter
 from typing import Literal, Protocol, TypeVar
 
@@ -85,22 +85,18 @@ class MultiObserver:
             observer.store_call(backend, operation, seconds, error=error)
 
 
-def timed(
-    observer: Observer, backend: str, operation: str, call: Callable[[], Awaitable[T]]
-) -> Awaitable[T]:
-    """``call()``, reporting its latency; for the null observer, ``call()`` itself, so the
-    common case adds neither a clock read nor a coroutine frame."""
+def timed(observer: Observer, backend: str, operation: str, call: Awaitable[T]) -> Awaitable[T]:
+    """``call`` (a store call not yet awaited), reporting its latency once awaited; for the null
+    observer, ``call`` itself, so the common case adds neither a clock read nor a frame."""
     if observer is NULL_OBSERVER:
-        return call()
+        return call
     return _timed(observer, backend, operation, call)
 
 
-async def _timed(
-    observer: Observer, backend: str, operation: str, call: Callable[[], Awaitable[T]]
-) -> T:
+async def _timed(observer: Observer, backend: str, operation: str, call: Awaitable[T]) -> T:
     start = perf_counter()
     try:
-        result = await call()
+        result = await call
     except BaseException:
         observer.store_call(backend, operation, perf_counter() - start, error=True)
         raise

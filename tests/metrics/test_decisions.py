@@ -176,9 +176,9 @@ async def test_store_calls_are_timed_and_errors_counted(registry: CollectorRegis
     async def fails() -> int:
         raise StoreUnavailable("down")
 
-    assert await timed(observer, "redis", "claim", works) == 1
+    assert await timed(observer, "redis", "claim", works()) == 1
     with pytest.raises(StoreUnavailable):
-        await timed(observer, "redis", "claim", fails)
+        await timed(observer, "redis", "claim", fails())
     labels = {"backend": "redis", "operation": "claim"}
     assert value(registry, "bastion_store_operation_duration_seconds_count", **labels) == 2
     assert value(registry, "bastion_store_errors_total", **labels) == 1

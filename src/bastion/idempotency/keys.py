@@ -96,7 +96,5 @@ def default_principal(scope: Scope) -> str:
 def scoped_key(principal: str, key: str) -> str:
     """The store key: one tenant can never reach another tenant's record with the same key."""
     scope = principal.encode("utf-8", "surrogatepass")
-    h = hashlib.blake2b(len(scope).to_bytes(8, "big"), digest_size=20)
-    h.update(scope)
-    h.update(key.encode())
-    return h.hexdigest()
+    material = b"".join((len(scope).to_bytes(8, "big"), scope, key.encode()))
+    return hashlib.blake2b(material, digest_size=20).hexdigest()

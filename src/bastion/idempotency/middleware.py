@@ -102,6 +102,8 @@ class IdempotencyMiddleware:
         self._leases = LeaseRegistry(settings.lease_seconds / 3)
         self._backend = store.backend
         self._methods = settings.methods
+        self._max_key = settings.max_key_length
+        self._max_request = settings.max_request_bytes
         self._filtered = self._include is not None or self._exclude is not None
 
     def _applies(self, path: str) -> bool:
@@ -119,7 +121,7 @@ class IdempotencyMiddleware:
             return
         try:
             raw_key = key_header(scope, self._header)
-            key = None if raw_key is None else parse_key(raw_key, self.settings.max_key_length)
+            key = None if raw_key is None else parse_key(raw_key, self._max_key)
         except InvalidKey as exc:
             self.observer.idempotency(scope, "invalid_key")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
@@ -142,7 +144,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(receive, self.settings.max_request_bytes)
+            body = await read_body(receive, self._max_request)
         except ClientDisconnected:
             return
         except BodyTooLarge:
@@ -159,14 +161,15 @@ class IdempotencyMiddleware:
         await _Request(self, scope, key, body, send).run(replay_receive(body, receive))
 
 
-class _Request:
+class _Request(IdempotencyContext):
     """The life of one keyed request: claim, then replay, refuse, or run and store."""
 
-    __slots__ = ("context", "fingerprint", "key", "mw", "scope", "send", "token")
+    __slots__ = ("mw", "scope", "send")
 
     def __init__(
         self, mw: IdempotencyMiddleware, scope: Scope, key: str, body: bytes, send: Send
     ) -> None:
+        # the request is its own handler context: one object per request, not two
         self.mw = mw
         self.scope = scope
         self.send = send
@@ -175,7 +178,10 @@ class _Request:
             scope["method"], scope["path"], scope.get("query_string", b""), body
         )
         self.token = _token()
-        self.context: IdempotencyContext | None = None
+        self.store = mw.store
+        self.settings = mw.settings
+        self.completed = False
+        self.response = None
 
     def _claim(self) -> Awaitable[Claim]:
         mw = self.mw
@@ -183,7 +189,7 @@ class _Request:
             mw.observer,
             mw._backend,
             "claim",
-            lambda: mw.store.claim(self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms),
+            mw.store.claim(self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms),
         )
 
     async def run(self, receive: Receive) -> None:
@@ -280,9 +286,7 @@ class _Request:
     async def _execute(self, receive: Receive) -> None:
         mw = self.mw
         capture = ResponseCapture(self.send, mw.settings.max_response_bytes)
-        self.context = self.scope[SCOPE_KEY] = IdempotencyContext(
-            self.key, self.token, self.fingerprint, store=mw.store, settings=mw.settings
-        )
+        self.scope[SCOPE_KEY] = self
         error: Exception | None = None
         try:
             leases = mw._leases.add(self, self._renew_lease)
@@ -314,19 +318,19 @@ class _Request:
     async def _renew_lease(self) -> bool:
         """Renew once; False once there is nothing left to hold."""
         mw = self.mw
-        if self.context is not None and self.context.completed:
+        if self.completed:
             return False  # stored in the handler's own transaction
         try:
             held = await timed(
                 mw.observer,
                 mw._backend,
                 "renew",
-                lambda: mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
+                mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
             )
         except StoreError:
             store_failures.warning("idempotency store failed to renew a lease")
             return True
-        if not held and (self.context is None or not self.context.completed):
+        if not held and not self.completed:
             mw.observer.idempotency(self.scope, "lease_lost")
         return held
 
@@ -353,8 +357,8 @@ class _Request:
     async def _finish(self, capture: ResponseCapture | None) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
-        if self.context is not None and self.context.completed:
-            self._check_sent(self.context.response, capture)
+        if self.completed:
+            self._check_sent(self.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
         try:
@@ -364,7 +368,7 @@ class _Request:
                     mw.observer,
                     mw._backend,
                     "complete",
-                    lambda: mw.store.complete(self.key, self.token, data, ttl_ms=mw._ttl_ms),
+                    mw.store.complete(self.key, self.token, data, ttl_ms=mw._ttl_ms),
                 )
                 mw.observer.idempotency(scope, "stored" if stored else "lease_lost")
             else:
@@ -372,7 +376,7 @@ class _Request:
                     mw.observer,
                     mw._backend,
                     "release",
-                    lambda: mw.store.release(self.key, self.token),
+                    mw.store.release(self.key, self.token),
                 )
                 mw.observer.idempotency(scope, "released")
         except StoreError:

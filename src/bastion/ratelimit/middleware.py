@@ -202,12 +202,7 @@ class RateLimitMiddleware:
             return
         store = self.store
         try:
-            if self._observe:
-                decisions = await timed(
-                    self.observer, self._backend, "hit", lambda: store.hit(hits)
-                )
-            else:  # what timed() does for the null observer, minus a frame and a closure
-                decisions = await store.hit(hits)
+            decisions = await timed(self.observer, self._backend, "hit", store.hit(hits))
         except Exception:
             # a limiter must never be the reason for a 500: every store fault is a store error
             store_failures.warning("rate-limit store failed")

@@ -64,16 +64,25 @@ class _ExpiringMap(Generic[V]):
         return self._data[key].expires_at
 
     def put(self, key: str, value: V, expires_at: int, now: int) -> None:
+        entry = self._data.get(key)
+        if entry is None:
+            self.insert(key, value, expires_at, now)
+        else:
+            entry.value = value
+            self.touch(key, expires_at)
+
+    def insert(self, key: str, value: V, expires_at: int, now: int) -> None:
+        """Add a key known to be absent (``get`` just said so)."""
         data = self._data
-        entry = data.get(key)
-        if entry is not None:
-            entry.value, entry.expires_at = value, expires_at
-            data.move_to_end(key)
-            return
         self._sweep(now)
         if len(data) >= self._max:
             self._evict(now)
         data[key] = _Entry(value, expires_at)
+
+    def touch(self, key: str, expires_at: int) -> None:
+        """Give a present key a new expiry, and a place at the back as just written."""
+        self._data[key].expires_at = expires_at
+        self._data.move_to_end(key)
 
     def delete(self, key: str) -> None:
         self._data.pop(key, None)
@@ -157,7 +166,7 @@ class MemoryStore:
         if record is not None:
             remaining = self._records.expiry(key) - now if record.response is None else 0
             return Claim(False, record.fingerprint, record.response, remaining)
-        self._records.put(key, _Record(fingerprint, token), now + lease_ms, now)
+        self._records.insert(key, _Record(fingerprint, token), now + lease_ms, now)
         return Claim(True, fingerprint)
 
     def _held(self, key: str, token: str, now: int) -> _Record | None:
@@ -171,7 +180,7 @@ class MemoryStore:
         record = self._held(key, token, now)
         if record is None:
             return False
-        self._records.put(key, record, now + lease_ms, now)
+        self._records.touch(key, now + lease_ms)
         return True
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
@@ -180,7 +189,7 @@ class MemoryStore:
         if record is None:
             return False
         record.response = response
-        self._records.put(key, record, now + ttl_ms, now)
+        self._records.touch(key, now + ttl_ms)
         return True
 
     async def release(self, key: str, token: str) -> bool:
