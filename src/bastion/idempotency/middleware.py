@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from fnmatch import translate
 
 import anyio
@@ -34,7 +34,7 @@ from bastion.idempotency.keys import (
 )
 from bastion.idempotency.lease import LeaseRegistry, run_keeping_lease
 from bastion.idempotency.records import StoredResponse, encode_response
-from bastion.observe import NULL_OBSERVER, Observer, timed
+from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
 from bastion.settings import IdempotencySettings
 from bastion.stores.protocols import Claim, IdempotencyStore
 from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
@@ -111,6 +111,23 @@ class IdempotencyMiddleware:
             return False
         return self._exclude is None or not self._exclude.match(path)
 
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        outcome: IdempotencyOutcome,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Answer a request the middleware will not run: reported, marked as bastion's own
+        answer (for the metrics route label) and sent as problem+json."""
+        self.observer.idempotency(scope, outcome)
+        scope[ANSWERED_SCOPE_KEY] = "idempotency"
+        await send_problem(send, status, slug, title, detail, headers=headers)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
@@ -123,18 +140,22 @@ class IdempotencyMiddleware:
             raw_key = key_header(scope, self._header)
             key = None if raw_key is None else parse_key(raw_key, self._max_key)
         except InvalidKey as exc:
-            self.observer.idempotency(scope, "invalid_key")
-            scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await send_problem(
-                send, 400, "idempotency-key-invalid", "Invalid Idempotency-Key", str(exc)
+            await self._refuse(
+                scope,
+                send,
+                "invalid_key",
+                400,
+                "idempotency-key-invalid",
+                "Invalid Idempotency-Key",
+                str(exc),
             )
             return
         if key is None:
             if self._require is not None and self._require.match(scope["path"]):
-                self.observer.idempotency(scope, "missing_key")
-                scope[ANSWERED_SCOPE_KEY] = "idempotency"
-                await send_problem(
+                await self._refuse(
+                    scope,
                     send,
+                    "missing_key",
                     400,
                     "idempotency-key-missing",
                     "Idempotency-Key required",
@@ -148,10 +169,10 @@ class IdempotencyMiddleware:
         except ClientDisconnected:
             return
         except BodyTooLarge:
-            self.observer.idempotency(scope, "request_too_large")
-            scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await send_problem(
+            await self._refuse(
+                scope,
                 send,
+                "request_too_large",
                 413,
                 "request-too-large",
                 "Request body too large",
@@ -218,11 +239,11 @@ class _Request(IdempotencyContext):
                 store_failures.warning("idempotency store returned an unreadable response")
                 await self._unprotected(receive)
                 return
-        scope[ANSWERED_SCOPE_KEY] = "idempotency"
         if claim.fingerprint != self.fingerprint:
-            mw.observer.idempotency(scope, "payload_mismatch")
-            await send_problem(
+            await mw._refuse(
+                scope,
                 self.send,
+                "payload_mismatch",
                 422,
                 "idempotency-key-reused",
                 "Idempotency-Key reused",
@@ -230,13 +251,15 @@ class _Request(IdempotencyContext):
             )
         elif stored is not None:
             mw.observer.idempotency(scope, "replayed")
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await self._replay(stored)
         else:
-            mw.observer.idempotency(scope, "conflict_in_flight")
             remaining = math.ceil(claim.lease_remaining_ms / 1000)
             retry_after = max(1, min(mw.settings.conflict_retry_after_seconds, remaining))
-            await send_problem(
+            await mw._refuse(
+                scope,
                 self.send,
+                "conflict_in_flight",
                 409,
                 "idempotency-key-in-flight",
                 "Request in progress",
@@ -259,13 +282,14 @@ class _Request(IdempotencyContext):
     async def _unprotected(self, receive: Receive) -> None:
         """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
         mw, scope = self.mw, self.scope
-        mw.observer.idempotency(scope, "store_error")
         if mw.settings.fail_open:
+            mw.observer.idempotency(scope, "store_error")
             await mw.app(scope, receive, self.send)
             return
-        scope[ANSWERED_SCOPE_KEY] = "idempotency"
-        await send_problem(
+        await mw._refuse(
+            scope,
             self.send,
+            "store_error",
             503,
             "store-unavailable",
             "Idempotency store unavailable",

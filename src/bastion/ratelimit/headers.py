@@ -6,10 +6,11 @@ Both fields are Structured Field lists of items named by a policy (a tier):
     RateLimit: "burst";r=37;t=42, "daily";r=4963;t=80000
 
 ``q`` is the quota, ``w`` the window in seconds, ``r`` the quota left and ``t`` the seconds
-within which no more than ``r`` may be used. ``RateLimit`` items are ordered most restrictive
-first (the least quota left, then the longest wait), so a client reading only the first item
-reads the one that will stop it; ``RateLimit-Policy`` keeps the tiers' declared order, as the
-draft wants that field to stay the same from one response to the next. The legacy
+until more quota is available (draft -10 on), 0 when the quota is whole. ``RateLimit`` items
+are ordered most restrictive first (the least quota left, then the longest wait), so a client
+reading only the first item reads the one that will stop it; ``RateLimit-Policy`` keeps the
+tiers' declared order, as the draft wants that field to stay the same from one response to
+the next. The legacy
 ``X-RateLimit-Limit/Remaining/Reset`` fields, when enabled, describe that first item (``Reset``
 in seconds from now, like ``t``).
 

@@ -230,7 +230,7 @@ class RateLimitMiddleware:
             else b", ".join([tier.policy for tier in tiers])
         )
         items: list[LimitItem] = [
-            (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)
+            (d.remaining, seconds(d.reset_ms), t.limit_prefix, t.limit)
             for t, d in zip(tiers, decisions)  # noqa: B905 - equal lengths by the store contract
         ]
         fields = rate_fields(policy, items, legacy=self._legacy)
