@@ -369,8 +369,7 @@ class _Request(IdempotencyContext):
         handler changed it (compression, added headers) or the handler did after storing."""
         if stored is None or capture is None or not capture.complete or capture.overflow:
             return
-        sent = StoredResponse.capture(capture.status, capture.headers, capture.body)
-        if sent.encode() != stored:
+        if encode_response(capture.status, capture.headers, capture.body) != stored:
             logger.warning(
                 "the response sent for an idempotent request differs from the one stored in "
                 "its transaction; retries will replay the stored one (put middleware that "

@@ -30,15 +30,6 @@ _HEAD = struct.Struct(">BHH")
 _FIELD = struct.Struct(">HI")
 
 
-def _replayable(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    kept = []
-    for name, value in headers:
-        name = name.lower()
-        if name not in NOT_REPLAYED:
-            kept.append((name, value))
-    return tuple(kept)
-
-
 def encode_response(
     status: int,
     headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
@@ -48,8 +39,8 @@ def encode_response(
 ) -> bytes:
     """The stored form of a response: version, status, length-prefixed headers, then the body.
 
-    By default only the replayable headers, lower-cased: `StoredResponse.capture(...).encode()`
-    in one pass, for the middleware's hot path.
+    By default only the replayable headers, lower-cased (not `NOT_REPLAYED`): what the
+    middleware stores of a response the app sent.
     """
     parts = [b""]
     count = 0
@@ -72,13 +63,6 @@ class StoredResponse:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
-
-    @classmethod
-    def capture(
-        cls, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> StoredResponse:
-        """The replayable part of a response as the app sent it."""
-        return cls(status, _replayable(headers), body)
 
     def encode(self) -> bytes:
         """The stored form, every header kept as it is."""

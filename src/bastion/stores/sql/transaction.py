@@ -23,7 +23,7 @@ from starlette.responses import Response
 from bastion._asgi import PROBLEM_CONTENT_TYPE, problem_json
 from bastion.exceptions import TransactionError
 from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
-from bastion.idempotency.records import StoredResponse
+from bastion.idempotency.records import encode_response
 from bastion.settings import IdempotencySettings
 from bastion.stores.sql.errors import CAUGHT, wrap
 from bastion.typing import Scope
@@ -160,9 +160,7 @@ class IdempotentTransaction:
                 f"({settings.max_response_bytes}), so it cannot be stored for replay; nothing "
                 "was committed. Raise the limit or send a smaller body."
             )
-        data = StoredResponse.capture(
-            response.status_code, list(response.raw_headers), body
-        ).encode()
+        data = encode_response(response.status_code, response.raw_headers, body)
         if not await self._fence(conn, context, data, settings):
             await self._end(commit=False)
             return _lease_lost()
