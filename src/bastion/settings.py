@@ -86,8 +86,9 @@ class EnvSettings:
 class IdempotencySettings(EnvSettings):
     """How `IdempotencyMiddleware` treats requests; environment prefix ``BASTION_IDEMPOTENCY_``.
 
-    Paths are matched with shell-style patterns (``/api/*``) against the raw path, since the
-    middleware decides before any router has run.
+    Paths are matched with shell-style patterns (``/api/*``) before any router has run, so
+    against the path in the form routers match it (repeated slashes collapsed, no trailing
+    slash; `bastion._paths`), and methods case-insensitively.
     """
 
     ENV_PREFIX: typing.ClassVar[str] = "BASTION_IDEMPOTENCY_"
