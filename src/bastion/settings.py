@@ -113,8 +113,9 @@ class IdempotencySettings(EnvSettings):
     """Request bodies are buffered to fingerprint them; larger ones get 413."""
     max_response_bytes: int = 1_048_576
     """Larger responses are sent but not stored: the key is released so a retry runs again."""
-    release_statuses: frozenset[int] = frozenset({408, 429})
-    """Answers that say "not now" rather than "done": never stored, so a retry runs again."""
+    release_statuses: frozenset[int] = frozenset({307, 308, 408, 429})
+    """Answers that say "not now" or "not here" rather than "done": never stored, so a retry
+    (or the redirected request, which carries the same key) runs again."""
     store_server_errors: bool = False
     """Store 5xx answers too, instead of releasing the key so a retry can run again."""
     conflict_retry_after_seconds: int = 1
