@@ -45,10 +45,25 @@ logger = logging.getLogger("bastion.idempotency")
 store_failures = ThrottledLogger(logger)
 
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")
-_PROCESS_NONCE = os.urandom(12).hex()
-_SEQUENCE = itertools.count()
 _WAIT_FIRST_POLL = 0.01
 _WAIT_MAX_POLL = 0.25
+_PROCESS_NONCE = ""
+_SEQUENCE = itertools.count()
+
+
+def _reseed() -> None:
+    """A fresh nonce and count for this process. Run at import and again in every forked
+    child: a worker forked after import (``gunicorn --preload``, any pre-fork server) would
+    otherwise repeat its parent's and its siblings' tokens, and a stale holder's release or
+    completion could then pass another request's fence."""
+    global _PROCESS_NONCE, _SEQUENCE
+    _PROCESS_NONCE = os.urandom(12).hex()
+    _SEQUENCE = itertools.count()
+
+
+_reseed()
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere every worker imports afresh
+    os.register_at_fork(after_in_child=_reseed)
 
 
 def _token() -> str:

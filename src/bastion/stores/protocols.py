@@ -59,8 +59,11 @@ class IdempotencyStore(Store, Protocol):
     """Idempotency records: an in-flight lease that becomes a stored response.
 
     A record holds a fingerprint, a fencing token, and either a lease deadline (in flight) or a
-    stored response (complete). Tokens are opaque strings chosen by the caller, fresh for every
-    claim (the middleware draws 128 random bits); a store only compares them.
+    stored response (complete). Tokens are opaque strings chosen by the caller, unique to each
+    claim; a store only compares them. The middleware's are 96 random bits drawn per process
+    (again in every forked worker) followed by a count of the process's claims: unique without
+    a random draw per request, and never secret, since a token guards against stale writers,
+    not attackers.
     """
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
