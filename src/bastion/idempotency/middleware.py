@@ -74,6 +74,41 @@ def _token() -> str:
     return f"{_PROCESS_NONCE}{next(_SEQUENCE):x}"
 
 
+def _checked(claim: object) -> Claim:
+    """``claim`` if it is the `Claim` the protocol promises, else `StoreError`.
+
+    A store that answers with anything else (a custom store's bug, a client library's
+    surprise) is a failing store: the request gets the store-failure policy, never a 500 or
+    a decision made on a wrong field. The common answers pass on the first line."""
+    if type(claim) is Claim:
+        acquired, fingerprint_, response, remaining = claim
+        if acquired is True or (
+            acquired is False
+            and type(fingerprint_) is str
+            and (response is None or type(response) is bytes)
+            and type(remaining) is int
+        ):
+            return claim
+    if isinstance(claim, Claim) and type(claim.acquired) is bool:
+        acquired, fingerprint_, response, remaining = claim
+        if acquired:
+            return claim
+        if (
+            isinstance(fingerprint_, str)
+            and isinstance(remaining, int | float)
+            and not isinstance(remaining, bool)
+        ):
+            if response is None:
+                return claim
+            if isinstance(response, bytes | bytearray | memoryview):
+                return claim._replace(response=bytes(response))
+    raise StoreError(f"the store answered a claim with a malformed {type(claim).__name__}")
+
+
+def _failure(action: str, exc: BaseException) -> str:
+    return f"idempotency store failed {action} ({type(exc).__name__})"
+
+
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     if not patterns:
         return None
@@ -231,7 +266,7 @@ class _Request(IdempotencyContext):
     async def run(self, receive: Receive) -> None:
         mw, scope = self.mw, self.scope
         try:
-            claim = await self._claim()
+            claim = _checked(await self._claim())
             if (
                 mw.settings.wait
                 and not claim.acquired
@@ -239,8 +274,9 @@ class _Request(IdempotencyContext):
                 and claim.fingerprint == self.fingerprint
             ):
                 claim = await self._wait(claim)
-        except StoreError:
-            store_failures.warning("idempotency store failed on claim")
+        except Exception as exc:
+            # whatever a store raises or answers is its failure, for the policy to answer
+            store_failures.warning(_failure("on claim", exc))
             await self._unprotected(receive)
             return
         if claim.acquired:
@@ -291,7 +327,7 @@ class _Request(IdempotencyContext):
                 delay = min(delay * 2, _WAIT_MAX_POLL)
                 # a claim cut short by the timeout could hold the key with nobody running it
                 with anyio.CancelScope(shield=True):
-                    claim = await self._claim()
+                    claim = _checked(await self._claim())
         return claim
 
     async def _unprotected(self, receive: Receive) -> None:
@@ -366,8 +402,10 @@ class _Request(IdempotencyContext):
                 "renew",
                 mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
             )
-        except StoreError:
-            store_failures.warning("idempotency store failed to renew a lease")
+        except Exception as exc:
+            # the response is under way: keep trying at the next interval
+            store_failures.warning(_failure("to renew a lease", exc))
+            mw.observer.idempotency(self.scope, "store_error")
             return True
         if not held and not self.completed:
             mw.observer.idempotency(self.scope, "lease_lost")
@@ -417,6 +455,6 @@ class _Request(IdempotencyContext):
                     mw.store.release(self.key, self.token),
                 )
                 mw.observer.idempotency(scope, "released")
-        except StoreError:
-            store_failures.warning("idempotency store failed to finish a request")
+        except Exception as exc:
+            store_failures.warning(_failure("to finish a request", exc))
             mw.observer.idempotency(scope, "store_error")

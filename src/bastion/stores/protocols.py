@@ -3,7 +3,9 @@
 The middleware own the semantics (fingerprints, leases, replay rules, rate-limit tiers); a store
 only persists and makes each primitive atomic. Times are integer milliseconds throughout so the
 same numbers reach Lua scripts and SQL columns unchanged. Every method raises `StoreError`
-(from `bastion.exceptions`) for backend failures and nothing else.
+(from `bastion.exceptions`) for backend failures and nothing else. The middleware do not rely
+on it: whatever a store raises (short of cancellation), and any answer that is not the type
+its method promises, is a store failure, answered by the fail-open or fail-closed policy.
 """
 
 from __future__ import annotations
