@@ -43,6 +43,7 @@ __all__ = ["IdempotencyMiddleware"]
 
 logger = logging.getLogger("bastion.idempotency")
 store_failures = ThrottledLogger(logger)
+unreadable_records = ThrottledLogger(logger)
 
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 _WAIT_FIRST_POLL = 0.01
@@ -287,8 +288,7 @@ class _Request(IdempotencyContext):
             try:
                 stored = StoredResponse.decode(claim.response)
             except ValueError:
-                store_failures.warning("idempotency store returned an unreadable response")
-                await self._unprotected(receive)
+                await self._unreadable()
                 return
         if claim.fingerprint != self.fingerprint:
             await mw._refuse(
@@ -345,6 +345,27 @@ class _Request(IdempotencyContext):
             "store-unavailable",
             "Idempotency store unavailable",
             "The request was not run because its idempotency could not be guaranteed.",
+            headers=[(b"retry-after", b"1")],
+        )
+
+    async def _unreadable(self) -> None:
+        """A completed record this instance cannot read: the handler ran (its response was
+        stored), so it must not run again whatever ``fail_open`` says. 503, not 409: the fault
+        is the server's, and during a rolling deploy a retry that reaches an instance knowing
+        the record's newer format gets the replay."""
+        unreadable_records.warning(
+            "an idempotency record holds a stored response this version cannot read "
+            "(a newer format during a rolling deploy, or corruption); answering 503"
+        )
+        await self.mw._refuse(
+            self.scope,
+            self.send,
+            "record_unreadable",
+            503,
+            "idempotency-record-unreadable",
+            "Stored response unreadable",
+            "This request already ran, but its stored response cannot be read here; "
+            "retry later to get it.",
             headers=[(b"retry-after", b"1")],
         )
 
