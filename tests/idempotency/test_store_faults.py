@@ -131,6 +131,13 @@ def protected(app: ASGIApp, store: MemoryStore, observer: Outcomes, **settings: 
     )
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Both event loops: leases are renewed by a shared timer on asyncio, by a task group
+    per request on trio."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def send() -> AsyncIterator[Callable[..., Any]]:
     """Posts to an app in process; an exception escaping the app fails the test."""
