@@ -34,6 +34,7 @@ IdempotencyOutcome = Literal[
     "invalid_key",
     "request_too_large",
     "lease_lost",
+    "record_unreadable",
 ]
 RateLimitOutcome = Literal["allowed", "limited", "store_error"]
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion.idempotency.fingerprint import fingerprint
 from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
-from bastion.idempotency.records import StoredResponse, encode_response
+from bastion.idempotency.records import NOT_REPLAYED, StoredResponse, encode_response
 
 PRINTABLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
 
@@ -66,6 +69,75 @@ def test_stored_response_round_trips(
     """Encoding then decoding gives back the same status, headers and body bytes."""
     stored = StoredResponse(status, tuple(headers), body)
     assert StoredResponse.decode(stored.encode()) == stored
+
+
+def encode_version_1(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """Format 1 as bastion wrote it up to commit 17aaa15: ``StoredResponse.capture`` (kept
+    headers lower-cased, NOT_REPLAYED dropped) then ``StoredResponse.encode``."""
+    kept = tuple((k.lower(), v) for k, v in headers if k.lower() not in NOT_REPLAYED)
+    head = json.dumps(
+        [status, [[k.decode("latin-1"), v.decode("latin-1")] for k, v in kept]],
+        separators=(",", ":"),
+    )
+    return b"1" + head.encode() + b"\n" + body
+
+
+@given(
+    status=st.integers(100, 599),
+    headers=st.lists(
+        st.tuples(st.binary(min_size=1, max_size=10), st.binary(max_size=20)), max_size=5
+    ),
+    body=st.binary(max_size=200),
+)
+def test_version_1_records_are_still_read(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """A record the previous format wrote decodes to the response it stored, every byte of
+    header and body (newlines and non-ASCII included) intact."""
+    kept = tuple((k.lower(), v) for k, v in headers if k.lower() not in NOT_REPLAYED)
+    decoded = StoredResponse.decode(encode_version_1(status, headers, body))
+    assert decoded == StoredResponse(status, kept, body)
+
+
+def test_a_version_1_record_replays_as_the_current_format_would() -> None:
+    """The same response stored in either format decodes to the same thing."""
+    headers = [(b"Content-Type", b"application/json"), (b"Set-Cookie", b"s=1"), (b"X-A", b"\xe9")]
+    body = b'{"ok":true}\n'
+    assert StoredResponse.decode(encode_version_1(201, headers, body)) == StoredResponse.decode(
+        encode_response(201, headers, body)
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x03\x00\xc8\x00\x00",
+        b"\x02\x00\xc8\x00\x01\x00\x04",
+        b"\x02\x00\x00\x00\x00body",
+        b"1",
+        b"1[200,[]]",
+        b"1{}\n",
+        b"1[200]\n",
+        b"1[true,[]]\n",
+        b"1[999,[]]\n",
+        b'1[200,[["a"]]]\n',
+        b"1[200,[[1,2]]]\n",
+        b'1[200,[["\\u0100","x"]]]\n',
+        b"1" + b"[" * 100_000 + b"\n",
+    ],
+)
+def test_unreadable_records_raise_value_error(data: bytes) -> None:
+    """Unknown versions, truncation, bad JSON, impossible statuses: ValueError, nothing else."""
+    with pytest.raises(ValueError, match="stored response"):
+        StoredResponse.decode(data)
+
+
+@given(st.binary(max_size=64) | st.binary(max_size=64).map(lambda data: b"1" + data))
+def test_decoding_any_bytes_raises_at_most_value_error(data: bytes) -> None:
+    """Whatever bytes a store hands back, decoding gives a response or ValueError."""
+    with contextlib.suppress(ValueError):
+        StoredResponse.decode(data)
 
 
 def test_capture_drops_hop_by_hop_and_cookies() -> None:

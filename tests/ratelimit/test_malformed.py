@@ -1,16 +1,24 @@
-"""Whatever a client sends, the rate limiter answers 200 or 429, never a 500."""
+"""Whatever a client sends or a store answers, the rate limiter never answers 500."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
+import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion import Tier
+from bastion._logging import ThrottledLogger
 from bastion.ratelimit import keys
-from tests.ratelimit.conftest import call, limited
+from bastion.ratelimit import middleware as ratelimit_middleware
+from bastion.stores import RateLimitDecision, RateLimitHit
+from tests.ratelimit.conftest import BrokenStore, RecordingObserver, call, limited
 
 APP = limited(
     Tier(name="ip", limit=1000, window=60, algorithm="gcra"),
@@ -67,3 +75,111 @@ def test_malformed_input_never_breaks_the_limiter(
         assert json.loads(echoed)["body"] == body.decode("latin-1")
 
     anyio.run(main)
+
+
+class PluginBug(Exception):
+    """A custom store's own bug."""
+
+
+class AnsweringStore:
+    """A rate-limit store that answers every call with the same value."""
+
+    backend = "answering"
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
+        return self.answer  # type: ignore[return-value]
+
+
+ALLOW = RateLimitDecision(True, 10, 9, 6000)
+DENY = RateLimitDecision(False, 10, 0, 6000, 6000)
+TWO_TIERS = (
+    Tier(name="burst", limit=10, window=60),
+    Tier(name="daily", limit=10, window=86_400),
+)
+
+
+async def _through_http(store: Any, fail_open: bool) -> tuple[httpx.Response, RecordingObserver]:
+    observer = RecordingObserver()
+    app = limited(*TWO_TIERS, store=store, observer=observer, fail_open=fail_open)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.post("/pay", content=b"{}")
+    return response, observer
+
+
+def _expect_policy(response: httpx.Response, observer: RecordingObserver, fail_open: bool) -> None:
+    assert observer.decisions == [("burst", "store_error"), ("daily", "store_error")]
+    if fail_open:
+        assert response.status_code == 200
+        assert "ratelimit" not in response.headers
+    else:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:bastion:problem:rate-limit-store-unavailable"
+        assert response.headers["retry-after"] == "1"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail_open", [True, False])
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(AttributeError("'NoneType' object has no attribute 'nodes'"), id="attribute"),
+        pytest.param(RuntimeError("this operation requires asyncio"), id="runtime"),
+        pytest.param(PluginBug("off by one"), id="custom"),
+    ],
+)
+async def test_any_store_exception_gets_the_tier_policy(error: Exception, fail_open: bool) -> None:
+    """Whatever the store raises, each tier's fail_open answers: 200 or 503, never a 500."""
+    response, observer = await _through_http(BrokenStore(error), fail_open)
+    _expect_policy(response, observer, fail_open)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail_open", [True, False])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param([], id="no-decisions"),
+        pytest.param([ALLOW], id="fewer-decisions"),
+        pytest.param([DENY], id="fewer-decisions-one-denied"),
+        pytest.param([ALLOW, ALLOW, ALLOW], id="more-decisions"),
+        pytest.param(None, id="none"),
+        pytest.param(ALLOW, id="one-decision-not-a-list"),
+        pytest.param([ALLOW, (True, 10, 9, 6000, 0)], id="plain-tuple"),
+        pytest.param([ALLOW, RateLimitDecision(True, 10, None, 0)], id="remaining-none"),  # type: ignore[arg-type]
+        pytest.param([ALLOW, RateLimitDecision("no", 10, 0, 0)], id="allowed-not-bool"),  # type: ignore[arg-type]
+        pytest.param([DENY, RateLimitDecision(False, 10, 0, 0, 1.5)], id="retry-after-float"),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_malformed_answer_gets_the_tier_policy(answer: object, fail_open: bool) -> None:
+    """An answer that is not one well-formed decision per hit is a store failure: each
+    tier's fail_open answers, never a 500 nor a 429 built from a missing tier."""
+    response, observer = await _through_http(AnsweringStore(answer), fail_open)
+    _expect_policy(response, observer, fail_open)
+
+
+@pytest.mark.anyio
+async def test_store_failures_are_logged_with_their_type(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning names the exception type, so an operator sees a client library's bug."""
+    monkeypatch.setattr(
+        ratelimit_middleware,
+        "store_failures",
+        ThrottledLogger(logging.getLogger("bastion.ratelimit")),
+    )
+    with caplog.at_level(logging.WARNING, logger="bastion.ratelimit"):
+        await _through_http(AnsweringStore([ALLOW]), True)
+    [record] = caplog.records
+    assert "StoreError" in record.getMessage()
+    assert record.exc_info is not None

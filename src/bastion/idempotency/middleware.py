@@ -44,12 +44,28 @@ __all__ = ["IdempotencyMiddleware"]
 
 logger = logging.getLogger("bastion.idempotency")
 store_failures = ThrottledLogger(logger)
+unreadable_records = ThrottledLogger(logger)
 
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")
-_PROCESS_NONCE = os.urandom(12).hex()
-_SEQUENCE = itertools.count()
 _WAIT_FIRST_POLL = 0.01
 _WAIT_MAX_POLL = 0.25
+_PROCESS_NONCE = ""
+_SEQUENCE = itertools.count()
+
+
+def _reseed() -> None:
+    """A fresh nonce and count for this process. Run at import and again in every forked
+    child: a worker forked after import (``gunicorn --preload``, any pre-fork server) would
+    otherwise repeat its parent's and its siblings' tokens, and a stale holder's release or
+    completion could then pass another request's fence."""
+    global _PROCESS_NONCE, _SEQUENCE
+    _PROCESS_NONCE = os.urandom(12).hex()
+    _SEQUENCE = itertools.count()
+
+
+_reseed()
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere every worker imports afresh
+    os.register_at_fork(after_in_child=_reseed)
 
 
 def _token() -> str:
@@ -58,6 +74,41 @@ def _token() -> str:
     Tokens only have to differ between claims, never be secret; this is a third of the cost
     of fresh random bytes per request."""
     return f"{_PROCESS_NONCE}{next(_SEQUENCE):x}"
+
+
+def _checked(claim: object) -> Claim:
+    """``claim`` if it is the `Claim` the protocol promises, else `StoreError`.
+
+    A store that answers with anything else (a custom store's bug, a client library's
+    surprise) is a failing store: the request gets the store-failure policy, never a 500 or
+    a decision made on a wrong field. The common answers pass on the first line."""
+    if type(claim) is Claim:
+        acquired, fingerprint_, response, remaining = claim
+        if acquired is True or (
+            acquired is False
+            and type(fingerprint_) is str
+            and (response is None or type(response) is bytes)
+            and type(remaining) is int
+        ):
+            return claim
+    if isinstance(claim, Claim) and type(claim.acquired) is bool:
+        acquired, fingerprint_, response, remaining = claim
+        if acquired:
+            return claim
+        if (
+            isinstance(fingerprint_, str)
+            and isinstance(remaining, int | float)
+            and not isinstance(remaining, bool)
+        ):
+            if response is None:
+                return claim
+            if isinstance(response, bytes | bytearray | memoryview):
+                return claim._replace(response=bytes(response))
+    raise StoreError(f"the store answered a claim with a malformed {type(claim).__name__}")
+
+
+def _failure(action: str, exc: BaseException) -> str:
+    return f"idempotency store failed {action} ({type(exc).__name__})"
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -219,7 +270,7 @@ class _Request(IdempotencyContext):
     async def run(self, receive: Receive) -> None:
         mw, scope = self.mw, self.scope
         try:
-            claim = await self._claim()
+            claim = _checked(await self._claim())
             if (
                 mw.settings.wait
                 and not claim.acquired
@@ -227,8 +278,9 @@ class _Request(IdempotencyContext):
                 and claim.fingerprint == self.fingerprint
             ):
                 claim = await self._wait(claim)
-        except StoreError:
-            store_failures.warning("idempotency store failed on claim")
+        except Exception as exc:
+            # whatever a store raises or answers is its failure, for the policy to answer
+            store_failures.warning(_failure("on claim", exc))
             await self._unprotected(receive)
             return
         if claim.acquired:
@@ -239,8 +291,7 @@ class _Request(IdempotencyContext):
             try:
                 stored = StoredResponse.decode(claim.response)
             except ValueError:
-                store_failures.warning("idempotency store returned an unreadable response")
-                await self._unprotected(receive)
+                await self._unreadable()
                 return
         if claim.fingerprint != self.fingerprint:
             await mw._refuse(
@@ -279,7 +330,7 @@ class _Request(IdempotencyContext):
                 delay = min(delay * 2, _WAIT_MAX_POLL)
                 # a claim cut short by the timeout could hold the key with nobody running it
                 with anyio.CancelScope(shield=True):
-                    claim = await self._claim()
+                    claim = _checked(await self._claim())
         return claim
 
     async def _unprotected(self, receive: Receive) -> None:
@@ -297,6 +348,27 @@ class _Request(IdempotencyContext):
             "store-unavailable",
             "Idempotency store unavailable",
             "The request was not run because its idempotency could not be guaranteed.",
+            headers=[(b"retry-after", b"1")],
+        )
+
+    async def _unreadable(self) -> None:
+        """A completed record this instance cannot read: the handler ran (its response was
+        stored), so it must not run again whatever ``fail_open`` says. 503, not 409: the fault
+        is the server's, and during a rolling deploy a retry that reaches an instance knowing
+        the record's newer format gets the replay."""
+        unreadable_records.warning(
+            "an idempotency record holds a stored response this version cannot read "
+            "(a newer format during a rolling deploy, or corruption); answering 503"
+        )
+        await self.mw._refuse(
+            self.scope,
+            self.send,
+            "record_unreadable",
+            503,
+            "idempotency-record-unreadable",
+            "Stored response unreadable",
+            "This request already ran, but its stored response cannot be read here; "
+            "retry later to get it.",
             headers=[(b"retry-after", b"1")],
         )
 
@@ -354,8 +426,10 @@ class _Request(IdempotencyContext):
                 "renew",
                 mw.store.renew(self.key, self.token, lease_ms=mw._lease_ms),
             )
-        except StoreError:
-            store_failures.warning("idempotency store failed to renew a lease")
+        except Exception as exc:
+            # the response is under way: keep trying at the next interval
+            store_failures.warning(_failure("to renew a lease", exc))
+            mw.observer.idempotency(self.scope, "store_error")
             return True
         if not held and not self.completed:
             mw.observer.idempotency(self.scope, "lease_lost")
@@ -405,6 +479,6 @@ class _Request(IdempotencyContext):
                     mw.store.release(self.key, self.token),
                 )
                 mw.observer.idempotency(scope, "released")
-        except StoreError:
-            store_failures.warning("idempotency store failed to finish a request")
+        except Exception as exc:
+            store_failures.warning(_failure("to finish a request", exc))
             mw.observer.idempotency(scope, "store_error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ the server sets afresh on every response."""
 _VERSION = 2
 _HEAD = struct.Struct(">BHH")
 _FIELD = struct.Struct(">HI")
+_VERSION_1 = b"1"
+"""The first format: ``b"1"``, a JSON ``[status, [[name, value], ...]]`` of latin-1 strings, a
+newline, the body. Still read, so that records written before an upgrade are replayed after
+it rather than answered as unreadable."""
 
 
 def encode_response(
@@ -70,12 +75,16 @@ class StoredResponse:
 
     @classmethod
     def decode(cls, data: bytes) -> StoredResponse:
-        """The response ``encode`` wrote; ValueError for anything else (another format
-        version, truncated or foreign bytes)."""
+        """The response ``encode`` wrote, in this format or the previous one; ValueError for
+        anything else (an unknown format version, truncated or foreign bytes)."""
+        if data[:1] == _VERSION_1:
+            return cls._decode_v1(data)
         try:
             version, status, count = _HEAD.unpack_from(data)
             if version != _VERSION:
                 raise ValueError(f"unknown stored response format {version}")
+            if not 100 <= status <= 599:
+                raise ValueError(f"stored response has status {status}")
             offset = _HEAD.size
             headers = []
             for _ in range(count):
@@ -91,3 +100,17 @@ class StoredResponse:
         except struct.error as exc:
             raise ValueError(f"truncated stored response: {exc}") from None
         return cls(status, tuple(headers), data[offset:])
+
+    @classmethod
+    def _decode_v1(cls, data: bytes) -> StoredResponse:
+        newline = data.find(b"\n")
+        if newline < 0:
+            raise ValueError("truncated stored response (format 1)")
+        try:
+            status, fields = json.loads(data[1:newline])
+            headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in fields)
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise ValueError(f"unreadable stored response (format 1): {exc!r}") from None
+        if type(status) is not int or not 100 <= status <= 599:
+            raise ValueError(f"stored response (format 1) has status {status!r}")
+        return cls(status, headers, data[newline + 1 :])

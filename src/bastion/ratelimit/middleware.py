@@ -13,7 +13,7 @@ from bastion._asgi import (
 )
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
-from bastion.exceptions import ConfigurationError
+from bastion.exceptions import ConfigurationError, StoreError
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.ratelimit.headers import (
     RETRY_AFTER,
@@ -204,16 +204,12 @@ class RateLimitMiddleware:
         store = self.store
         try:
             decisions = await timed(self.observer, self._backend, "hit", store.hit(hits))
-        except Exception:
+            allowed = _all_allowed(decisions, len(hits))
+        except Exception as exc:
             # a limiter must never be the reason for a 500: every store fault is a store error
-            store_failures.warning("rate-limit store failed")
+            store_failures.warning(f"rate-limit store failed ({type(exc).__name__})")
             await self._store_failed(scope, receive, send, tiers)
             return
-        allowed = True
-        for decision in decisions:
-            if not decision.allowed:
-                allowed = False
-                break
         if self._observe:
             for tier, decision in zip(tiers, decisions, strict=True):
                 self.observer.rate_limit(
@@ -292,6 +288,33 @@ class RateLimitMiddleware:
             "The request was not run because its rate limits could not be checked.",
             headers=[(RETRY_AFTER, self._unavailable_after)],
         )
+
+
+def _all_allowed(decisions: object, count: int) -> bool:
+    """Whether every decision allows the request; `StoreError` unless the store answered one
+    `RateLimitDecision` of integers per hit, so that a store's bug gets the store-failure
+    policy instead of a 500 (or a 429 built from a missing tier's numbers)."""
+    if type(decisions) is not list and not isinstance(decisions, list | tuple):
+        raise StoreError(f"the store answered hits with a {type(decisions).__name__}")
+    if len(decisions) != count:
+        raise StoreError(f"the store answered {len(decisions)} decisions to {count} hits")
+    allowed = True
+    for decision in decisions:
+        if type(decision) is not RateLimitDecision and not isinstance(decision, RateLimitDecision):
+            raise StoreError(f"the store answered a hit with a {type(decision).__name__}")
+        ok, _, remaining, reset_ms, retry_after_ms = decision
+        if type(ok) is not bool or not (
+            (type(remaining) is int and type(reset_ms) is int and type(retry_after_ms) is int)
+            or (
+                isinstance(remaining, int)
+                and isinstance(reset_ms, int)
+                and isinstance(retry_after_ms, int)
+            )
+        ):
+            raise StoreError("the store answered a hit with a malformed RateLimitDecision")
+        if not ok:
+            allowed = False
+    return allowed
 
 
 async def _buffer(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

@@ -3,7 +3,9 @@
 The middleware own the semantics (fingerprints, leases, replay rules, rate-limit tiers); a store
 only persists and makes each primitive atomic. Times are integer milliseconds throughout so the
 same numbers reach Lua scripts and SQL columns unchanged. Every method raises `StoreError`
-(from `bastion.exceptions`) for backend failures and nothing else.
+(from `bastion.exceptions`) for backend failures and nothing else. The middleware do not rely
+on it: whatever a store raises (short of cancellation), and any answer that is not the type
+its method promises, is a store failure, answered by the fail-open or fail-closed policy.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ class IdempotencyStore(Store, Protocol):
     """Idempotency records: an in-flight lease that becomes a stored response.
 
     A record holds a fingerprint, a fencing token, and either a lease deadline (in flight) or a
-    stored response (complete). Tokens are opaque strings chosen by the caller, fresh for every
-    claim (the middleware draws 128 random bits); a store only compares them.
+    stored response (complete). Tokens are opaque strings chosen by the caller, unique to each
+    claim; a store only compares them. The middleware's are 96 random bits drawn per process
+    (again in every forked worker) followed by a count of the process's claims: unique without
+    a random draw per request, and never secret, since a token guards against stale writers,
+    not attackers.
     """
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
