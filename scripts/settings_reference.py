@@ -32,7 +32,7 @@ def settings_classes() -> list[type[Any]]:
 
     for module in MODULES:
         importlib.import_module(module)
-    from bastion.settings import EnvSettings
+    from bastion._settings import EnvSettings
 
     found: list[type[Any]] = []
     pending = list(EnvSettings.__subclasses__())
@@ -85,8 +85,8 @@ def _python(value: Any) -> str:
 
 
 def _env_settable(kind: Any, name: str) -> bool:
+    from bastion._settings import _parse
     from bastion.exceptions import ConfigurationError
-    from bastion.settings import _parse
 
     try:
         _parse("1", kind, name)

@@ -10,7 +10,7 @@ import pytest
 
 from bastion import ConfigurationError, RateLimitMiddleware, RateLimitSettings, StoreError, Tier
 from bastion.ratelimit import keys
-from bastion.ratelimit.middleware import QUOTA_EXCEEDED
+from bastion.ratelimit._middleware import QUOTA_EXCEEDED
 from bastion.stores import MemoryStore
 from tests.conftest import FakeClock
 from tests.ratelimit.conftest import (
@@ -340,7 +340,7 @@ async def test_settings_without_tiers_are_refused() -> None:
 
 async def test_hit_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     """Recently built hits are reused, the cache is emptied when full, and keys never mix."""
-    monkeypatch.setattr("bastion.ratelimit.middleware.HIT_CACHE_SIZE", 2)
+    monkeypatch.setattr("bastion.ratelimit._middleware.HIT_CACHE_SIZE", 2)
     store = CountingStore()
     app = limited(Tier(name="ip", limit=1, window=60), store=store)
     peers = [f"198.51.100.{i}" for i in range(5)]

@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 from bastion.exceptions import ConfigurationError
 from bastion.ratelimit.keys import CLIENT_ADDRESS, KeyExtractor, json_field, query_param
-from bastion.stores.protocols import Algorithm
+from bastion.stores._protocols import Algorithm
 
 __all__ = ["RouteMatcher", "Tier", "compile_routes", "presets"]
 
