@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion import (
+    ConfigurationError,
     IdempotencyMiddleware,
     IdempotencySettings,
     StoreError,
@@ -346,3 +347,9 @@ async def test_unreachable_database_fails_on_entry() -> None:
         async with transaction(store, {"type": "http"}):
             pass
     await store.aclose()
+
+
+def test_transaction_needs_a_store_that_can_share_one() -> None:
+    """A store without the transactional primitives is refused when the helper is built."""
+    with pytest.raises(ConfigurationError, match="cannot share a transaction"):
+        transaction(MemoryStore(), {"type": "http"})
