@@ -307,6 +307,8 @@ class SQLStore:
 
     @asynccontextmanager
     async def connect_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a begun transaction for `bastion.idempotency.transaction`, which
+        commits or rolls it back itself; see `TransactionalIdempotencyStore`."""
         async with AsyncExitStack() as stack:
             try:
                 if self._serial is not None:
@@ -323,6 +325,7 @@ class SQLStore:
     async def complete_in(
         self, connection: AsyncConnection, key: str, token: str, response: bytes, *, ttl_ms: int
     ) -> bool:
+        """`complete` inside ``connection``'s transaction, left for the caller to commit."""
         now = self._now()
         params = {**self._held(key, token, now), "p_response": response, "p_until": now + ttl_ms}
         try:
