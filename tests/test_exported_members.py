@@ -98,6 +98,7 @@ PUBLIC: dict[str, list[str]] = {
         "RequestView",
         "client_address",
         "custom",
+        "first_of",
         "header",
         "json_field",
         "query_param",

@@ -1,4 +1,4 @@
-"""The middleware in real Starlette, FastAPI and Litestar applications."""
+"""The middleware in real Starlette, FastAPI, Litestar and Django applications."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bastion import RateLimitMiddleware, RateLimitSettings, Tier
 from bastion.ratelimit import keys
 from bastion.stores import MemoryStore
 from tests.ratelimit.conftest import client
+from tests.ratelimit.frameworks import FRAMEWORKS, METHOD_HEADER, SPELLINGS, verbatim_method
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +96,43 @@ async def test_litestar() -> None:
         Litestar(route_handlers=[claim]), store=MemoryStore(), settings=SETTINGS
     )
     await exercise(wrapped)
+
+
+PAY = RateLimitSettings(
+    tiers=(Tier(name="pay", limit=1, window=60, routes=("/pay",), methods=frozenset({"POST"})),)
+)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize(("method", "path"), SPELLINGS)
+async def test_other_spellings_of_a_route_share_its_limit(
+    framework: str, method: str, path: str
+) -> None:
+    """``post``, ``/pay/``, ``//pay`` and ``/pay//`` count against ``POST /pay``'s tier,
+    whichever comes first: a limit of one lets exactly one of the pair through."""
+    for first, second in [((method, path), ("POST", "/pay")), (("POST", "/pay"), (method, path))]:
+        app = RateLimitMiddleware(FRAMEWORKS[framework](), store=MemoryStore(), settings=PAY)
+        statuses = []
+        async with client(verbatim_method(app)) as http:
+            for verb, target in (first, second):
+                response = await http.post(
+                    f"http://test{target}", headers={METHOD_HEADER.decode(): verb}
+                )
+                statuses.append(response.status_code)
+        assert statuses[0] != 429
+        assert statuses[1] == 429
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+async def test_every_spelling_in_turn_gets_one_request_through(framework: str) -> None:
+    """Across all the spellings of ``POST /pay`` a limit-1 tier lets exactly one through."""
+    app = RateLimitMiddleware(FRAMEWORKS[framework](), store=MemoryStore(), settings=PAY)
+    async with client(verbatim_method(app)) as http:
+        statuses = [
+            (
+                await http.post(f"http://test{target}", headers={METHOD_HEADER.decode(): verb})
+            ).status_code
+            for verb, target in [("POST", "/pay"), *SPELLINGS]
+        ]
+    assert statuses[0] == 200
+    assert statuses[1:] == [429] * len(SPELLINGS)

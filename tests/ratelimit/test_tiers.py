@@ -18,10 +18,14 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.parametrize(
     ("route", "matches", "misses"),
     [
-        ("/exact", ["/exact"], ["/exact/", "/exactly", "/"]),
+        ("/exact", ["/exact", "/exact/", "//exact", "/exact//"], ["/exactly", "/", "/x/exact"]),
+        ("/slash/", ["/slash", "/slash/"], ["/slash/x"]),
+        ("/", ["/", "//"], ["/x"]),
         ("/users/{id}", ["/users/1", "/users/abc"], ["/users/", "/users/1/x"]),
         ("/users/{id:int}/posts", ["/users/12/posts"], ["/users/x/posts", "/users/1.5/posts"]),
-        ("/files/{path:path}", ["/files/", "/files/a/b.txt"], ["/file/a"]),
+        ("/files/{path:path}", ["/files/", "/files", "/files/a/b.txt", "/files//a/"], ["/file/a"]),
+        ("/a/{p:path}/b", ["/a/x/y/b", "/a//b", "/a/b"], ["/a/x/c"]),
+        ("/u/{id}/", ["/u/1", "/u/1/", "//u//1//"], ["/u/", "/u/1/x"]),
         ("/p/{v:float}", ["/p/1", "/p/1.25"], ["/p/1.", "/p/x"]),
         (
             "/o/{id:uuid}",
@@ -31,8 +35,11 @@ pytestmark = pytest.mark.anyio
         ("/a.b/{x}", ["/a.b/1"], ["/aXb/1"]),
     ],
 )
-def test_route_templates_match_raw_paths(route: str, matches: list[str], misses: list[str]) -> None:
-    """Templates compile to anchored regexes with Starlette's convertors; dots are literal."""
+def test_routes_match_paths_as_routers_see_them(
+    route: str, matches: list[str], misses: list[str]
+) -> None:
+    """Templates compile to anchored regexes with Starlette's convertors, dots literal; paths
+    and routes match with repeated slashes collapsed and no trailing slash."""
     matcher = compile_routes([route])
     assert all(matcher(path) for path in matches)
     assert not any(matcher(path) for path in misses)
@@ -144,8 +151,8 @@ async def test_presets_protect_the_reference_routes() -> None:
         await http.post("/healthz")
     assert [hit.key for hits in store.calls for hit in hits] == [
         "register:addr:198.51.100.4",
-        "claim:json:wallet=w1",
-        "claim:qs:wallet=w2",
+        "claim:wallet:w1",
+        "claim:wallet:w2",
         "webhook:json:event.id=evt_9",
         "health:addr:198.51.100.4",
     ]

@@ -111,7 +111,9 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
         retry_after = 0
     else:
         retry_after = _ceil_div(wanted - capacity, limit)
-    remaining = (capacity - backlog) // window
+    # a backlog above capacity (the window was shortened, or a process with a lagging clock
+    # reads a bucket) is a bucket more than empty: nothing remains, never a negative amount
+    remaining = max(0, (capacity - backlog) // window)
     # the next token is back when the backlog has drained to fit one more than `remaining`
     reset = _ceil_div(backlog + (remaining + 1) * window - capacity, limit) if backlog else 0
     decision = RateLimitDecision(

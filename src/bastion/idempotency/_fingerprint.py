@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from bastion._paths import normal_method, normal_path
+
 __all__ = ["fingerprint"]
 
 _LENGTHS = struct.Struct(">4Q")
@@ -13,9 +15,12 @@ _LENGTHS = struct.Struct(">4Q")
 def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
     """A digest of method, path, query and body.
 
-    Each part is length-prefixed, so no choice of path and body can collide with another
-    split of the same bytes.
+    Method and path are taken in the form routers match them (`bastion._paths`): ``post
+    //pay/`` runs the same handler as ``POST /pay``, so a retry spelled either way is the same
+    request and gets the replay, not a 422. Each part is length-prefixed, so no choice of path
+    and body can collide with another split of the same bytes.
     """
+    method, path = normal_method(method), normal_path(path)
     parts = (method.encode(), path.encode("utf-8", "surrogateescape"), query, body)
     framed = _LENGTHS.pack(*map(len, parts))
     return hashlib.sha256(framed + b"".join(parts)).hexdigest()

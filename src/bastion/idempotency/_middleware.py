@@ -22,6 +22,7 @@ from bastion._asgi import (
 )
 from bastion._core.records import StoredResponse, encode_response
 from bastion._logging import ThrottledLogger
+from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency._capture import ResponseCapture
 from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
@@ -93,9 +94,11 @@ class IdempotencyMiddleware:
         self.principal = principal
         self.observer = observer
         self._header = settings.header_name.lower().encode("latin-1")
-        self._include = None if settings.include == ("*",) else _compile(settings.include)
-        self._exclude = _compile(settings.exclude)
-        self._require = _compile(settings.require_key)
+        # patterns are matched against normalised paths (bastion._paths), so written that way
+        include = tuple(map(normal_path, settings.include))
+        self._include = None if include == ("*",) else _compile(include)
+        self._exclude = _compile(tuple(map(normal_path, settings.exclude)))
+        self._require = _compile(tuple(map(normal_path, settings.require_key)))
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._ttl_ms = int(settings.ttl_seconds * 1000)
         # shared by the requests in flight, like a connection pool: one timer renews them all
@@ -129,11 +132,11 @@ class IdempotencyMiddleware:
         await send_problem(send, status, slug, title, detail, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in self._methods
-            or (self._filtered and not self._applies(scope["path"]))
-        ):
+        if scope["type"] != "http" or normal_method(scope["method"]) not in self._methods:
+            await self.app(scope, receive, send)
+            return
+        path = normal_path(scope["path"])
+        if self._filtered and not self._applies(path):
             await self.app(scope, receive, send)
             return
         try:
@@ -151,7 +154,7 @@ class IdempotencyMiddleware:
             )
             return
         if key is None:
-            if self._require is not None and self._require.match(scope["path"]):
+            if self._require is not None and self._require.match(path):
                 await self._refuse(
                     scope,
                     send,

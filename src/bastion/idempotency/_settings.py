@@ -15,8 +15,9 @@ __all__ = ["IdempotencySettings"]
 class IdempotencySettings(EnvSettings):
     """How `IdempotencyMiddleware` treats requests; environment prefix ``BASTION_IDEMPOTENCY_``.
 
-    Paths are matched with shell-style patterns (``/api/*``) against the raw path, since the
-    middleware decides before any router has run.
+    Paths are matched with shell-style patterns (``/api/*``) before any router has run, so
+    against the path in the form routers match it (repeated slashes collapsed, no trailing
+    slash; `bastion._paths`), and methods case-insensitively.
     """
 
     ENV_PREFIX: typing.ClassVar[str] = "BASTION_IDEMPOTENCY_"
@@ -41,8 +42,9 @@ class IdempotencySettings(EnvSettings):
     """Request bodies are buffered to fingerprint them; larger ones get 413."""
     max_response_bytes: int = 1_048_576
     """Larger responses are sent but not stored: the key is released so a retry runs again."""
-    release_statuses: frozenset[int] = frozenset({408, 429})
-    """Answers that say "not now" rather than "done": never stored, so a retry runs again."""
+    release_statuses: frozenset[int] = frozenset({307, 308, 408, 429})
+    """Answers that say "not now" or "not here" rather than "done": never stored, so a retry
+    (or the redirected request, which carries the same key) runs again."""
     store_server_errors: bool = False
     """Store 5xx answers too, instead of releasing the key so a retry can run again."""
     conflict_retry_after_seconds: int = 1

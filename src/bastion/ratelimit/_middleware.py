@@ -12,6 +12,7 @@ from bastion._asgi import (
     send_problem,
 )
 from bastion._logging import ThrottledLogger
+from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.ratelimit._headers import (
@@ -167,8 +168,8 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        group = self._by_method.get(scope["method"], self._any_method)
+        path = normal_path(scope["path"])
+        group = self._by_method.get(normal_method(scope["method"]), self._any_method)
         applicable: list[_Tier] = []
         needs_body = False
         for tier in group.tiers:

@@ -13,8 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from bastion._paths import normal_path
 from bastion.exceptions import ConfigurationError
-from bastion.ratelimit.keys import CLIENT_ADDRESS, KeyExtractor, json_field, query_param
+from bastion.ratelimit.keys import (
+    CLIENT_ADDRESS,
+    KeyExtractor,
+    first_of,
+    json_field,
+    query_param,
+)
 from bastion.stores._protocols import Algorithm
 
 __all__ = ["RouteMatcher", "Tier", "compile_routes", "presets"]
@@ -33,13 +40,18 @@ _CONVERTORS = {
 
 @dataclass(frozen=True, slots=True)
 class RouteMatcher:
-    """Exact paths in a set, route templates in one regex; ``everything`` when no routes."""
+    """Exact paths in a set, route templates in one regex; ``everything`` when no routes.
+
+    Both hold normalised paths (`bastion._paths.normal_path`), so they are asked with a
+    normalised one.
+    """
 
     everything: bool
     exact: frozenset[str]
     pattern: re.Pattern[str] | None
 
     def __call__(self, path: str) -> bool:
+        path = normal_path(path)
         if self.everything or path in self.exact:
             return True
         return self.pattern is not None and self.pattern.fullmatch(path) is not None
@@ -48,15 +60,20 @@ class RouteMatcher:
 def compile_routes(routes: Iterable[str]) -> RouteMatcher:
     """Compile route templates once: ``/users/{id}``, ``/files/{name:path}``, ``/items/{n:int}``.
 
-    The middleware runs before any router, so it matches the raw path against these, with the
-    convertors Starlette and FastAPI use (``str``, ``int``, ``float``, ``uuid``, ``path``).
+    The middleware runs before any router, so it matches these against the request path in
+    the form routers use (repeated slashes collapsed, no trailing slash), with the convertors
+    Starlette and FastAPI use (``str``, ``int``, ``float``, ``uuid``, ``path``). Routes are
+    normalised the same way, so ``/pay/`` and ``/pay`` select the same requests, and a
+    ``/{name:path}`` segment also matches when the path it captures is empty (``/files/``,
+    which normalises to ``/files``).
     """
     routes = tuple(routes)
     exact: set[str] = set()
     regexes: list[str] = []
-    for route in routes:
-        if not route.startswith("/"):
-            raise ConfigurationError(f"route {route!r} must start with '/'")
+    for given in routes:
+        if not given.startswith("/"):
+            raise ConfigurationError(f"route {given!r} must start with '/'")
+        route = normal_path(given)
         if "{" not in route and "}" not in route:
             exact.add(route)
             continue
@@ -65,14 +82,18 @@ def compile_routes(routes: Iterable[str]) -> RouteMatcher:
         for match in [*_PARAM.finditer(route), None]:
             literal = route[position : match.start() if match else len(route)]
             if "{" in literal or "}" in literal:
-                raise ConfigurationError(f"route {route!r} has a malformed {{parameter}}")
-            parts.append(re.escape(literal))
+                raise ConfigurationError(f"route {given!r} has a malformed {{parameter}}")
             if match is None:
+                parts.append(re.escape(literal))
                 break
             convertor = match.group(2) or "str"
             if convertor not in _CONVERTORS:
-                raise ConfigurationError(f"route {route!r}: unknown convertor {convertor!r}")
-            parts.append(f"(?:{_CONVERTORS[convertor]})")
+                raise ConfigurationError(f"route {given!r}: unknown convertor {convertor!r}")
+            if convertor == "path" and literal.endswith("/"):
+                # an empty capture leaves a slash that normalisation removes: make it optional
+                parts.append(re.escape(literal[:-1]) + "(?:/.*)?")
+            else:
+                parts.append(re.escape(literal) + f"(?:{_CONVERTORS[convertor]})")
             position = match.end()
         regexes.append("".join(parts))
     pattern = re.compile("|".join(f"(?:{r})" for r in regexes)) if regexes else None
@@ -156,14 +177,15 @@ class Tier:
         """Claims: 60 per hour per wallet (``RL_CLAIM_PER_HOUR``).
 
         The wallet is the JSON body's ``wallet``, else the ``wallet`` query parameter, else the
-        client address.
+        client address; a wallet counts against one bucket whichever of the two carries it,
+        and whatever the case of its hex digits.
         """
         return cls._preset(
             overrides,
             name="claim",
             limit=_env_limit(environ, "RL_CLAIM_PER_HOUR", 60),
             window=3600,
-            key=json_field("wallet", fallback=query_param("wallet")),
+            key=first_of(json_field("wallet"), query_param("wallet"), name="wallet"),
             routes=("/api/claim/prepare", "/api/claim/record"),
             methods=frozenset({"POST"}),
         )

@@ -11,6 +11,14 @@ another tier".
 Keys are namespaced by extractor (``addr:``, ``hdr:x-api-key=``, ``json:wallet=``...), so two
 kinds of key never share a bucket, and values that are long or not printable ASCII are hashed,
 so a client cannot make a store key of megabytes or smuggle control characters into it.
+`first_of` is the way to let several sources name one bucket (a wallet in the body or in the
+query string).
+
+Values are normalised before they name a bucket, so one client cannot spread its requests over
+several buckets by spelling the same key differently: surrounding whitespace is trimmed, an
+Ethereum-style address (``0x`` and 40 hex digits) is lower-cased, and an ``Authorization`` or
+``Proxy-Authorization`` value has its scheme lower-cased and the space after it collapsed
+(``Bearer  T`` and ``bearer T`` are one key; the credentials themselves keep their case).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
@@ -33,6 +42,7 @@ __all__ = [
     "RequestView",
     "client_address",
     "custom",
+    "first_of",
     "header",
     "json_field",
     "query_param",
@@ -54,6 +64,29 @@ class _Missing:
 
 MISSING: Final = _Missing()
 """`RequestView.json` when there is no usable JSON body (absent, too large or malformed)."""
+
+
+_HEX_ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")
+_AUTHORIZATION = frozenset({"authorization", "proxy-authorization"})
+
+
+def _normal(value: str) -> str:
+    """One spelling per key: trimmed, and a hex address in lower case (EIP-55 checksummed
+    addresses mix cases, but name the same account)."""
+    value = value.strip()
+    if len(value) == 42 and _HEX_ADDRESS.fullmatch(value):
+        return value.lower()
+    return value
+
+
+def _normal_credentials(value: str) -> str:
+    """``<scheme> <credentials>`` with the scheme in lower case, as RFC 9110 makes it
+    case-insensitive, and one space after it. A lone token (an API key sent without a
+    scheme) is a credential, and keeps its case."""
+    parts = value.split(None, 1)
+    if len(parts) < 2:
+        return value
+    return parts[0].lower() + " " + parts[1]
 
 
 def _safe(value: str) -> str:
@@ -163,8 +196,13 @@ class _Chained:
     def find(self, request: RequestView) -> str | None:
         raise NotImplementedError
 
-    def __call__(self, request: RequestView) -> str | None:
+    def value(self, request: RequestView) -> str | None:
+        """The normalised value this source finds, without prefix or fallback."""
         value = self.find(request)
+        return _normal(value) if value else None
+
+    def __call__(self, request: RequestView) -> str | None:
+        value = self.value(request)
         if value:
             return self.prefix + _safe(value)
         fallback = self.fallback
@@ -172,23 +210,29 @@ class _Chained:
 
 
 class _Header(_Chained):
-    __slots__ = ("hashed", "name")
+    __slots__ = ("credentials", "hashed", "name")
 
     def __init__(self, name: str, hashed: bool, fallback: KeyExtractor | None) -> None:
         super().__init__(f"hdr:{name.lower()}=", fallback, needs_body=False)
         self.name = name.lower().encode("latin-1")
         self.hashed = hashed
+        self.credentials = name.lower() in _AUTHORIZATION
 
     def find(self, request: RequestView) -> str | None:
         raw = request.header(self.name)
-        if raw is None:
+        return None if raw is None else raw.decode("latin-1")
+
+    def value(self, request: RequestView) -> str | None:
+        # normalised before hashing, or two spellings would hash apart
+        value = super().value(request)
+        if not value:
             return None
-        raw = raw.strip(b" \t")
-        if not raw:
-            return None
+        if self.credentials:
+            value = _normal_credentials(value)
         if self.hashed:
-            return hashlib.blake2b(raw, digest_size=16).hexdigest()
-        return raw.decode("latin-1")
+            # latin-1, as the value was read: an unchanged value hashes as it always did
+            return hashlib.blake2b(value.encode("latin-1"), digest_size=16).hexdigest()
+        return value
 
 
 def header(
@@ -289,3 +333,52 @@ def custom(
     if not name or ":" in name:
         raise ConfigurationError("a custom extractor's name must be non-empty, without ':'")
     return _Custom(function, name, needs_body, fallback)
+
+
+class _FirstOf(_Chained):
+    __slots__ = ("sources",)
+
+    def __init__(
+        self, sources: tuple[_Chained, ...], prefix: str, fallback: KeyExtractor | None
+    ) -> None:
+        super().__init__(prefix, fallback, any(source.needs_body for source in sources))
+        self.sources = sources
+
+    def find(self, request: RequestView) -> str | None:
+        for source in self.sources:
+            value = source.value(request)
+            if value:
+                return value
+        return None
+
+
+def first_of(
+    *sources: KeyExtractor,
+    name: str | None = None,
+    fallback: KeyExtractor | None = CLIENT_ADDRESS,
+) -> KeyExtractor:
+    """One bucket named by whichever source carries a value first.
+
+    ``first_of(json_field("wallet"), query_param("wallet"))`` counts a wallet sent in the body
+    and the same wallet sent in the query string against one bucket, where chaining them
+    with ``fallback=`` would give each its own namespace. Only the values the sources find
+    count: their own fallbacks are never asked, this extractor's ``fallback`` is. ``name``
+    namespaces the keys (by default, the sources' namespaces joined with ``|``).
+    """
+    if not sources:
+        raise ConfigurationError("first_of needs at least one source")
+    chained: list[_Chained] = []
+    for source in sources:
+        if not isinstance(source, _Chained):
+            raise ConfigurationError(
+                f"first_of takes header, query_param, json_field, custom or first_of "
+                f"extractors, not {source!r}"
+            )
+        chained.append(source)
+    if name is None:
+        prefix = "|".join(source.prefix.rstrip("=:") for source in chained) + "="
+    elif not name or ":" in name or "=" in name:
+        raise ConfigurationError("a first_of name must be non-empty, without ':' or '='")
+    else:
+        prefix = f"{name}:"
+    return _FirstOf(tuple(chained), prefix, fallback)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from bastion.exceptions import ConfigurationError, missing_extra
 from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
@@ -50,12 +50,23 @@ value of the rate-limit scripts stays under 2^52. It allows, for instance, ten m
 requests per day or a million per eleven days.
 """
 
+_N = TypeVar("_N", int, float)
 _ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
 
 
 def _check_name(what: str, value: str) -> None:
     if not value or "{" in value or "}" in value:
         raise ConfigurationError(f"{what} must be non-empty and contain no braces: {value!r}")
+
+
+def _url_number(options: dict[str, str], name: str, kind: type[_N]) -> _N | None:
+    raw = options.get(name)
+    if raw is None:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"redis URL option {name}={raw!r} is not a number") from None
 
 
 class RedisStore:
@@ -101,6 +112,18 @@ class RedisStore:
             url, url_options = _rc.split_url(url)
             prefix = url_options.get("prefix", prefix)
             hash_tag = url_options.get("hash_tag", hash_tag)
+            # the URL's timeouts and pool size act exactly as the keywords of the same meaning
+            # (and win over them, as redis-py's URL options win over its keywords)
+            given_timeout = _url_number(url_options, "socket_timeout", float)
+            socket_timeout = socket_timeout if given_timeout is None else given_timeout
+            given_connect = _url_number(url_options, "socket_connect_timeout", float)
+            socket_connect_timeout = (
+                socket_connect_timeout if given_connect is None else given_connect
+            )
+            given_pool = _url_number(url_options, "timeout", float)
+            pool_timeout = pool_timeout if given_pool is None else given_pool
+            given_max = _url_number(url_options, "max_connections", int)
+            max_connections = max_connections if given_max is None else given_max
         hash_tag = prefix if hash_tag is None else hash_tag
         _check_name("prefix", prefix)
         _check_name("hash_tag", hash_tag)
@@ -139,8 +162,12 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
         """A store on its own client for ``redis://``, ``rediss://``, ``unix://`` or
-        ``redis+cluster://`` URLs. Query parameters configure redis-py (``socket_timeout``,
-        ``max_connections``, …) and bastion (``prefix``, ``hash_tag``)."""
+        ``redis+cluster://`` URLs. ``socket_timeout``, ``socket_connect_timeout``,
+        ``timeout`` (the pool's) and ``max_connections`` in the query act exactly as the
+        keywords ``socket_timeout``, ``socket_connect_timeout``, ``pool_timeout`` and
+        ``max_connections`` (over which they win), so ``?socket_timeout=0.5`` also sets the
+        connect and pool timeouts that default to it; ``prefix`` and ``hash_tag`` configure the
+        store, and redis-py gets every other parameter."""
         return cls(url=url, **options)
 
     @property

@@ -22,8 +22,18 @@ from bastion.exceptions import StoreError, StoreUnavailable
 
 __all__ = ["Client", "ClientOptions", "connect", "decodes_responses", "run_script", "split_url"]
 
-URL_OPTIONS = ("prefix", "hash_tag")
-"""Query parameters of a store URL that configure bastion rather than redis-py."""
+URL_OPTIONS = (
+    "prefix",
+    "hash_tag",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "timeout",
+    "max_connections",
+)
+"""Query parameters of a store URL that the store reads itself rather than pass to redis-py:
+its own options, and the timeouts and pool size it derives other settings from (redis-py
+would apply ``?socket_timeout=`` to commands alone, leaving the connect and pool timeouts that
+default to it behind)."""
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -90,7 +100,7 @@ async def ping(client: Client) -> None:
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Take bastion's own options (``?prefix=…&hash_tag=…``) out of a redis URL."""
+    """Take the options the store reads itself (`URL_OPTIONS`) out of a redis URL."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {k: v for k, v in query if k in URL_OPTIONS}

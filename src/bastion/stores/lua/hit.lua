@@ -109,7 +109,7 @@ local function gcra(limit, window, cost, state, now)
   else
     retry = ceil_div(wanted - capacity, limit)
   end
-  local remaining = idiv(capacity - backlog, window)
+  local remaining = math.max(0, idiv(capacity - backlog, window))
   -- the next token is back when the backlog has drained to fit one more than `remaining`
   local reset = 0
   if backlog > 0 then
