@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
-from bastion.idempotency.records import StoredResponse
+from bastion._core.records import StoredResponse
 from bastion.stores import MemoryStore
 
 BODY = b'{"amount": 500, "currency": "eur"}'

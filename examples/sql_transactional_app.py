@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
+from bastion.idempotency import transaction
 from bastion.stores.sql import SQLStore, define_tables
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite+aiosqlite:///orders.db")
@@ -49,7 +50,7 @@ store = SQLStore(url=DATABASE_URL, metadata=metadata)
 
 async def create_order(request: Request) -> Response:
     payload = await request.json()
-    async with store.transaction(request) as tx:
+    async with transaction(store, request) as tx:
         result = await tx.connection.execute(insert(orders).values(item=payload["item"]))
         order_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
         response = JSONResponse({"id": order_id, "item": payload["item"]}, status_code=201)

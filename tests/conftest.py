@@ -7,6 +7,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from bastion.testing import FakeClock
+
 settings.register_profile(
     "ci",
     max_examples=200,
@@ -18,19 +20,6 @@ settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-class FakeClock:
-    """A clock tests move by hand, so expiry is tested without sleeping."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -252,7 +252,7 @@ def test_settings_reference_is_up_to_date() -> None:
 
 def test_settings_reference_names_every_preset_variable() -> None:
     """Every RL_* variable a preset reads is documented on the settings page."""
-    source = (ROOT / "src" / "bastion" / "ratelimit" / "tiers.py").read_text(encoding="utf-8")
+    source = (ROOT / "src" / "bastion" / "ratelimit" / "_tiers.py").read_text(encoding="utf-8")
     variables = set(re.findall(r'"(RL_[A-Z_]+)"', source))
     page = (DOCS / "reference" / "settings.md").read_text(encoding="utf-8")
     assert variables

@@ -1,5 +1,6 @@
 """bastion: pure ASGI middleware that make mutating endpoints safe to retry and to expose."""
 
+from bastion._version import __version__ as __version__
 from bastion.exceptions import (
     BastionError,
     ConfigurationError,
@@ -7,7 +8,7 @@ from bastion.exceptions import (
     StoreUnavailable,
     TransactionError,
 )
-from bastion.idempotency import IdempotencyMiddleware
+from bastion.idempotency import IdempotencyMiddleware, IdempotencySettings
 from bastion.metrics import (
     MetricsApp,
     MetricsMiddleware,
@@ -17,9 +18,7 @@ from bastion.metrics import (
     metrics_app,
 )
 from bastion.observe import MultiObserver, NullObserver, Observer
-from bastion.ratelimit.middleware import RateLimitMiddleware
-from bastion.ratelimit.tiers import Tier
-from bastion.settings import IdempotencySettings, RateLimitSettings
+from bastion.ratelimit import RateLimitMiddleware, RateLimitSettings, Tier
 
 __all__ = [
     "BastionError",
@@ -42,5 +41,3 @@ __all__ = [
     "TransactionError",
     "metrics_app",
 ]
-
-__version__ = "0.1.0.dev0"

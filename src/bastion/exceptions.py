@@ -2,7 +2,7 @@
 
     BastionError
     ├── ConfigurationError   bad settings or a missing optional extra, raised at start-up
-    ├── TransactionError     a handler misused SQLStore.transaction
+    ├── TransactionError     a handler misused bastion.idempotency.transaction
     └── StoreError           a store backend failed (timeout, lost connection, bad reply)
         └── StoreUnavailable the backend could not be reached at all
 
@@ -30,9 +30,10 @@ class ConfigurationError(BastionError):
 
 
 class TransactionError(BastionError):
-    """A handler used `SQLStore.transaction` in a way that would break its guarantee: it
-    committed on its own, left the block without ``tx.complete(response)``, or completed with a
-    response that cannot be stored. The transaction is rolled back rather than committed."""
+    """A handler used `bastion.idempotency.transaction` in a way that would break its
+    guarantee: it committed on its own, left the block without ``tx.complete(response)``, or
+    completed with a response that cannot be stored. The transaction is rolled back rather
+    than committed."""
 
 
 class StoreError(BastionError):

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
-from bastion.stores.protocols import IdempotencyStore
+from bastion.stores import IdempotencyStore
 from bastion.typing import ASGIApp
 
 BINARY = bytes(range(256)) * 4

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bastion import IdempotencyMiddleware, IdempotencySettings, StoreError
 from bastion.exceptions import ConfigurationError
 from bastion.stores import Claim, MemoryStore
+from bastion.testing import FaultyStore
 from tests.asgi import http_scope
 from tests.idempotency.apps import Backend, starlette_app
 from tests.idempotency.conftest import Factory
@@ -22,27 +23,16 @@ pytestmark = pytest.mark.anyio
 KEY = {"Idempotency-Key": "fail-1"}
 
 
-class BrokenStore(MemoryStore):
-    """A store whose chosen operations fail like an unreachable backend."""
-
-    def __init__(self, *failing: str) -> None:
-        super().__init__()
-        self.failing = set(failing)
-
-    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
-        if "claim" in self.failing:
-            raise StoreError("backend down")
-        return await super().claim(key, fingerprint, token, lease_ms=lease_ms)
-
-    async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
-        if "complete" in self.failing:
-            raise StoreError("backend down")
-        return await super().complete(key, token, response, ttl_ms=ttl_ms)
+def broken_store(primitive: str) -> FaultyStore:
+    """A memory store whose ``primitive`` fails like an unreachable backend."""
+    store = FaultyStore(MemoryStore())
+    store.fail(primitive, StoreError("backend down"))
+    return store
 
 
 async def test_store_down_fails_closed_with_503(make_client: Factory, backend: Backend) -> None:
     """By default an unreachable store refuses the request rather than risk a double run."""
-    client = make_client(store=BrokenStore("claim"))
+    client = make_client(store=broken_store("claim"))
     response = await client.post("/charge", json={}, headers=KEY)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
@@ -54,7 +44,7 @@ async def test_store_down_fails_open_when_configured(
     make_client: Factory, backend: Backend
 ) -> None:
     """With fail_open the request runs unprotected instead."""
-    client = make_client(IdempotencySettings(fail_open=True), store=BrokenStore("claim"))
+    client = make_client(IdempotencySettings(fail_open=True), store=broken_store("claim"))
     response = await client.post("/charge", json={}, headers=KEY)
     assert response.status_code == 201
     assert backend.calls["charge"] == 1
@@ -64,7 +54,7 @@ async def test_store_failing_on_completion_still_answers(
     make_client: Factory, backend: Backend
 ) -> None:
     """The client still gets its response when storing it fails afterwards."""
-    client = make_client(store=BrokenStore("complete"))
+    client = make_client(store=broken_store("complete"))
     response = await client.post("/charge", json={"amount": 3}, headers=KEY)
     assert response.status_code == 201
     assert response.json()["amount"] == 3

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bastion.idempotency.lease import LeaseRegistry
+from bastion.idempotency._lease import LeaseRegistry
 
 INTERVAL = 0.02
 

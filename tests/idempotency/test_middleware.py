@@ -256,8 +256,8 @@ async def test_crashed_holder_lease_expires(
     first = await client.post("/text", headers=KEY)
     assert first.status_code == 200
     # a worker that claimed a key and died without completing or releasing it
-    from bastion.idempotency.fingerprint import fingerprint
-    from bastion.idempotency.keys import default_principal, scoped_key
+    from bastion.idempotency._fingerprint import fingerprint
+    from bastion.idempotency._keys import default_principal, scoped_key
 
     scope = {"headers": [], "client": ("127.0.0.1", 123)}
     key = scoped_key(default_principal(scope), "crashed")

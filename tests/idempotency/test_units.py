@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bastion.idempotency.fingerprint import fingerprint
-from bastion.idempotency.keys import InvalidKey, default_principal, parse_key, scoped_key
-from bastion.idempotency.records import NOT_REPLAYED, StoredResponse, encode_response
+from bastion._core.records import NOT_REPLAYED, StoredResponse, encode_response
+from bastion.idempotency._fingerprint import fingerprint
+from bastion.idempotency._keys import InvalidKey, default_principal, parse_key, scoped_key
 
 PRINTABLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
 

@@ -32,7 +32,7 @@ from bastion import (
     Tier,
 )
 from bastion.stores import _redis_client
-from bastion.stores.redis import DEFAULT_SOCKET_TIMEOUT, RedisStore
+from bastion.stores._redis import DEFAULT_SOCKET_TIMEOUT, RedisStore
 from bastion.typing import ASGIApp
 from tests.conftest import FakeClock
 from tests.stores.postgres_support import private_postgres

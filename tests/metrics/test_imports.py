@@ -10,7 +10,7 @@ import pytest
 
 import bastion
 from bastion import ConfigurationError, MetricsMiddleware, MetricsSettings, OTelObserver
-from bastion.metrics.otel import trace_exemplar
+from bastion.metrics._otel import trace_exemplar
 from bastion.typing import Receive, Scope, Send
 
 OPTIONAL = ("prometheus_client", "opentelemetry", "redis", "sqlalchemy")

@@ -16,7 +16,7 @@ from starlette.routing import Host, Mount, Route, Router
 
 from bastion import MetricsMiddleware
 from bastion.metrics import UNMATCHED_LABEL
-from bastion.metrics.routes import UNKNOWN_MOUNT, RouteResolver
+from bastion.metrics._routes import UNKNOWN_MOUNT, RouteResolver
 from bastion.typing import Receive, Scope, Send
 from tests.metrics.conftest import client, label_values, value
 

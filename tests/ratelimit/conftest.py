@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from bastion import RateLimitMiddleware, RateLimitSettings, Tier
-from bastion.exceptions import StoreUnavailable
 from bastion.observe import RateLimitOutcome
 from bastion.stores import MemoryStore, RateLimitDecision, RateLimitHit
+from bastion.testing import FaultyStore
 from bastion.typing import Message, Receive, Scope, Send
 from tests.asgi import http_scope
 
@@ -90,24 +90,12 @@ def fields(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode().lower(): v.decode() for k, v in headers}
 
 
-class BrokenStore:
+def broken_store(error: Exception | None = None) -> FaultyStore:
     """A rate-limit store whose backend is down."""
-
-    backend = "broken"
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error or StoreUnavailable("connection refused")
-        self.calls = 0
-
-    async def ping(self) -> None:
-        raise self.error
-
-    async def aclose(self) -> None:
-        return None
-
-    async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
-        self.calls += 1
-        raise self.error
+    store = FaultyStore(MemoryStore())
+    store.fail("hit", error)
+    store.fail("ping", error)
+    return store
 
 
 class CountingStore(MemoryStore):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bastion.ratelimit.algorithms import State, decide
+from bastion._core.algorithms import State, decide
 from bastion.stores import RateLimitHit
 from tests.conftest import FakeClock
 from tests.stores.conftest import STORES

@@ -1,6 +1,6 @@
 """The algorithms, through MemoryStore and a controllable clock, against reference models.
 
-The models are written independently of `bastion.ratelimit.algorithms`: explicit event lists
+The models are written independently of `bastion._core.algorithms`: explicit event lists
 and exact fractions instead of scaled integers, and every "how long until" answer found by
 searching the model's own future instead of a closed form. Hypothesis draws random request
 schedules; every decision field must match to the millisecond.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.ratelimit.headers import limit_prefix, policy_item, rate_fields, seconds, sf_string
+from bastion.ratelimit._headers import limit_prefix, policy_item, rate_fields, seconds, sf_string
 
 
 def test_policy_item_is_an_sf_string_with_quota_and_window() -> None:

@@ -10,13 +10,13 @@ import pytest
 
 from bastion import ConfigurationError, RateLimitMiddleware, RateLimitSettings, StoreError, Tier
 from bastion.ratelimit import keys
-from bastion.ratelimit.middleware import QUOTA_EXCEEDED
+from bastion.ratelimit._middleware import QUOTA_EXCEEDED
 from bastion.stores import MemoryStore
 from tests.conftest import FakeClock
 from tests.ratelimit.conftest import (
-    BrokenStore,
     CountingStore,
     RecordingObserver,
+    broken_store,
     call,
     client,
     echo_app,
@@ -270,13 +270,13 @@ async def test_observer_hears_every_tier_and_the_store_call() -> None:
 async def test_store_failure_fails_open_by_default() -> None:
     """With the store down, requests pass without fields and the fault is reported."""
     observer = RecordingObserver()
-    app = limited(Tier(name="a", limit=1, window=60), store=BrokenStore(), observer=observer)
+    app = limited(Tier(name="a", limit=1, window=60), store=broken_store(), observer=observer)
     for _ in range(3):
         status, headers, _ = await call(app)
         assert status == 200
         assert "ratelimit" not in fields(headers)
     assert observer.decisions == [("a", "store_error")] * 3
-    assert observer.store_calls == [("broken", "hit", True)] * 3
+    assert observer.store_calls == [("memory", "hit", True)] * 3
 
 
 async def test_store_failure_fails_closed_when_a_tier_says_so() -> None:
@@ -284,7 +284,7 @@ async def test_store_failure_fails_closed_when_a_tier_says_so() -> None:
     app = limited(
         Tier(name="open", limit=1, window=60),
         Tier(name="closed", limit=1, window=60, fail_open=False),
-        store=BrokenStore(),
+        store=broken_store(),
         store_error_retry_after=7,
     )
     status, headers, body = await call(app)
@@ -296,10 +296,10 @@ async def test_store_failure_fails_closed_when_a_tier_says_so() -> None:
 
 async def test_settings_fail_closed_applies_to_every_tier() -> None:
     """fail_open=False in the settings closes every tier that does not say otherwise."""
-    app = limited(Tier(name="a", limit=1, window=60), store=BrokenStore(), fail_open=False)
+    app = limited(Tier(name="a", limit=1, window=60), store=broken_store(), fail_open=False)
     assert (await call(app))[0] == 503
     reopened = limited(
-        Tier(name="a", limit=1, window=60, fail_open=True), store=BrokenStore(), fail_open=False
+        Tier(name="a", limit=1, window=60, fail_open=True), store=broken_store(), fail_open=False
     )
     assert (await call(reopened))[0] == 200
 
@@ -309,9 +309,9 @@ async def test_settings_fail_closed_applies_to_every_tier() -> None:
 )
 async def test_any_store_exception_is_a_store_error_not_a_500(error: Exception) -> None:
     """Whatever a store raises, the request fails open or closed, never with a 500."""
-    open_app = limited(Tier(name="a", limit=1, window=60), store=BrokenStore(error))
+    open_app = limited(Tier(name="a", limit=1, window=60), store=broken_store(error))
     closed_app = limited(
-        Tier(name="a", limit=1, window=60), store=BrokenStore(error), fail_open=False
+        Tier(name="a", limit=1, window=60), store=broken_store(error), fail_open=False
     )
     assert (await call(open_app))[0] == 200
     assert (await call(closed_app))[0] == 503
@@ -341,7 +341,7 @@ async def test_settings_without_tiers_are_refused() -> None:
 
 async def test_hit_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     """Recently built hits are reused, the cache is emptied when full, and keys never mix."""
-    monkeypatch.setattr("bastion.ratelimit.middleware.HIT_CACHE_SIZE", 2)
+    monkeypatch.setattr("bastion.ratelimit._middleware.HIT_CACHE_SIZE", 2)
     store = CountingStore()
     app = limited(Tier(name="ip", limit=1, window=60), store=store)
     peers = [f"198.51.100.{i}" for i in range(5)]

@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 
 from bastion import ConfigurationError, Tier
-from bastion.ratelimit import keys
+from bastion.ratelimit import AddressResolver, keys
 from bastion.ratelimit.keys import RequestView
-from bastion.ratelimit.proxies import AddressResolver
 from tests.ratelimit.conftest import client, limited
 
 pytestmark = pytest.mark.anyio

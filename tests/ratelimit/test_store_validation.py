@@ -13,7 +13,7 @@ import pytest
 
 from bastion import ConfigurationError, RateLimitMiddleware, RateLimitSettings, Tier
 from bastion.stores import MemoryStore, RateLimitDecision, RateLimitHit, TierValidatingStore
-from bastion.stores.redis import RedisStore
+from bastion.stores._redis import RedisStore
 from tests.ratelimit.conftest import call, echo_app
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 import bastion
 from bastion import ConfigurationError, RateLimitSettings, Tier
 from bastion.ratelimit import keys, presets
-from bastion.ratelimit.tiers import compile_routes
+from bastion.ratelimit._tiers import compile_routes
 from tests.ratelimit.conftest import CountingStore, client, limited
 
 pytestmark = pytest.mark.anyio

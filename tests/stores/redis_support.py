@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bastion.stores.redis import RedisStore
+from bastion.stores._redis import RedisStore
 from tests.conftest import IN_CI, FakeClock, service_url
 
 

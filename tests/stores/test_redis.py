@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 import bastion.stores
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
 from bastion.stores import RateLimitHit
-from bastion.stores.redis import MAX_TIER_SPAN, RedisStore
+from bastion.stores._redis import MAX_TIER_SPAN, RedisStore
 from tests.conftest import FakeClock, service_url
 from tests.stores.conftest import REDIS_STORES
 from tests.stores.redis_support import (

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion.stores import MemoryStore, RateLimitHit
-from bastion.stores.redis import MAX_TIER_SPAN
+from bastion.stores._redis import MAX_TIER_SPAN
 from tests.conftest import FakeClock
 from tests.stores.conftest import REDIS_STORES
 

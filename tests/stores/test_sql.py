@@ -17,12 +17,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import bastion.stores
-import bastion.stores.sql.store as store_module
+import bastion.stores.sql._store as store_module
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
 from bastion.stores import RateLimitHit
 from bastion.stores.sql import SQLStore, build_metadata, define_tables, metadata
-from bastion.stores.sql.dialects import dialect_for
-from bastion.stores.sql.errors import is_transient, wrap
+from bastion.stores.sql._dialects import dialect_for
+from bastion.stores.sql._errors import is_transient, wrap
 from tests.conftest import FakeClock, service_url
 
 pytestmark = pytest.mark.anyio

@@ -1,5 +1,6 @@
-"""`SQLStore.transaction`: a handler's rows and its stored response commit together or not at
-all, driven through `IdempotencyMiddleware` on every SQL dialect."""
+"""`bastion.idempotency.transaction` over a `SQLStore`: a handler's rows and its stored
+response commit together or not at all, driven through `IdempotencyMiddleware` on every SQL
+dialect."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion import (
+    ConfigurationError,
     IdempotencyMiddleware,
     IdempotencySettings,
     StoreError,
     StoreUnavailable,
     TransactionError,
 )
-from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency import SCOPE_KEY, IdempotencyContext, transaction
 from bastion.stores import MemoryStore
 from bastion.stores.sql import SQLStore
 from bastion.typing import ASGIApp, Message, Receive, Scope, Send
@@ -74,7 +76,7 @@ def _client(
 
 def _order_handler(store: SQLStore, orders: Table, status: int = 201) -> Handler:
     async def handler(request: Request) -> Response:
-        async with store.transaction(request) as tx:
+        async with transaction(store, request) as tx:
             await tx.connection.execute(insert(orders).values(item="book"))
             return await tx.complete(JSONResponse({"item": "book"}, status_code=status))
 
@@ -118,7 +120,7 @@ async def test_exception_before_commit_leaves_neither(sql_store: SQLStore, order
     calls: list[int] = []
 
     async def handler(request: Request) -> Response:
-        async with sql_store.transaction(request) as tx:
+        async with transaction(sql_store, request) as tx:
             await tx.connection.execute(insert(orders).values(item="book"))
             calls.append(1)
             if len(calls) == 1:
@@ -149,7 +151,7 @@ async def test_lost_lease_commits_neither(
             context.key, context.fingerprint, "intruder", lease_ms=30_000
         )
         assert intruder.acquired
-        async with sql_store.transaction(request) as tx:
+        async with transaction(sql_store, request) as tx:
             await tx.connection.execute(insert(orders).values(item="book"))
             return await tx.complete(JSONResponse({"item": "book"}, status_code=201))
 
@@ -188,7 +190,7 @@ async def test_orm_session_joins_the_transaction(sql_store: SQLStore, orders: Ta
     only flushes, so a failure afterwards still rolls its rows back."""
 
     async def handler(request: Request) -> Response:
-        async with sql_store.transaction(request) as tx:
+        async with transaction(sql_store, request) as tx:
             async with AsyncSession(bind=tx.connection) as session:
                 await session.execute(insert(orders).values(item="book"))
                 await session.commit()
@@ -212,7 +214,7 @@ async def test_misuse_rolls_back_and_raises(
     raise TransactionError and commit nothing."""
 
     async def handler(request: Request) -> Response:
-        async with sql_store.transaction(request) as tx:
+        async with transaction(sql_store, request) as tx:
             await tx.connection.execute(insert(orders).values(item="book"))
             if misuse == "own_commit":
                 await tx.connection.commit()
@@ -251,7 +253,7 @@ async def test_lease_held_by_another_store_is_refused(sql_store: SQLStore, order
 
 async def test_transaction_object_is_single_use(sql_store: SQLStore, orders: Table) -> None:
     """The connection is unusable outside the block and complete() works once."""
-    tx = sql_store.transaction({"type": "http"})
+    tx = transaction(sql_store, {"type": "http"})
     with pytest.raises(TransactionError):
         _ = tx.connection
     async with tx:
@@ -316,7 +318,7 @@ async def test_second_transaction_after_completion_is_refused(
 
     async def handler(request: Request) -> Response:
         response = await _order_handler(sql_store, orders)(request)
-        async with sql_store.transaction(request) as tx:
+        async with transaction(sql_store, request) as tx:
             return await tx.complete(response)
 
     async with _client(sql_store, handler) as client:
@@ -342,6 +344,12 @@ async def test_unreachable_database_fails_on_entry() -> None:
     """A transaction that cannot connect raises StoreUnavailable before the handler writes."""
     store = SQLStore(url="postgresql+asyncpg://postgres@127.0.0.1:1/test")
     with pytest.raises(StoreUnavailable):
-        async with store.transaction({"type": "http"}):
+        async with transaction(store, {"type": "http"}):
             pass
     await store.aclose()
+
+
+def test_transaction_needs_a_store_that_can_share_one() -> None:
+    """A store without the transactional primitives is refused when the helper is built."""
+    with pytest.raises(ConfigurationError, match="cannot share a transaction"):
+        transaction(MemoryStore(), {"type": "http"})

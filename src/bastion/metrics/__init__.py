@@ -4,11 +4,11 @@ prometheus_client and opentelemetry are imported when something here is first bu
 when this package is imported, so ``import bastion`` works without the extras.
 """
 
-from bastion.metrics.exposition import MetricsApp, metrics_app
-from bastion.metrics.middleware import BASTION_LABEL, UNMATCHED_LABEL, MetricsMiddleware
-from bastion.metrics.otel import OTelObserver
-from bastion.metrics.prometheus import PrometheusObserver
-from bastion.metrics.settings import (
+from bastion.metrics._exposition import MetricsApp, metrics_app
+from bastion.metrics._middleware import BASTION_LABEL, UNMATCHED_LABEL, MetricsMiddleware
+from bastion.metrics._otel import OTelObserver
+from bastion.metrics._prometheus import PrometheusObserver
+from bastion.metrics._settings import (
     DEFAULT_DURATION_BUCKETS,
     DEFAULT_SIZE_BUCKETS,
     DEFAULT_STORE_BUCKETS,

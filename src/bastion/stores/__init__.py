@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
-from bastion.stores.memory import MemoryStore
-from bastion.stores.protocols import (
+from bastion.stores._memory import MemoryStore
+from bastion.stores._protocols import (
     Claim,
     IdempotencyStore,
     RateLimitDecision,
@@ -13,6 +13,7 @@ from bastion.stores.protocols import (
     RateLimitStore,
     Store,
     TierValidatingStore,
+    TransactionalIdempotencyStore,
 )
 
 __all__ = [
@@ -26,13 +27,14 @@ __all__ = [
     "SQLStore",
     "Store",
     "TierValidatingStore",
+    "TransactionalIdempotencyStore",
     "from_url",
 ]
 
-_LAZY = {"RedisStore": "bastion.stores.redis", "SQLStore": "bastion.stores.sql"}
+_LAZY = {"RedisStore": "bastion.stores._redis", "SQLStore": "bastion.stores.sql"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     # Imported on first use so `import bastion` never pulls in redis or sqlalchemy.
     if name in _LAZY:
         import importlib
@@ -41,7 +43,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bastion.stores' has no attribute {name!r}")
 
 
-def from_url(url: str, **options: Any) -> Any:
+def from_url(url: str, **options: _Any) -> _Any:
     """Build a store from a URL: ``memory://``, ``redis://``/``rediss://``/``redis+cluster://``,
     or any SQLAlchemy async URL (``postgresql+asyncpg://``, ``sqlite+aiosqlite://``,
     ``mysql+asyncmy://``). Options go to the store's constructor."""

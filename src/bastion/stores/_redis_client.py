@@ -1,6 +1,6 @@
 """The redis-py side of `RedisStore`: building a fail-fast client and running its scripts.
 
-Imported only by `bastion.stores.redis`, which turns a missing redis-py into the error that
+Imported only by `bastion.stores._redis`, which turns a missing redis-py into the error that
 names the extra to install.
 """
 

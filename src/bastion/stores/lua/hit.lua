@@ -1,6 +1,6 @@
 -- Decide every rate-limit tier of one request at once, all-or-nothing. One round trip.
 --
--- A line-by-line port of bastion/ratelimit/algorithms.py; the conformance and equivalence
+-- A line-by-line port of bastion/_core/algorithms.py; the conformance and equivalence
 -- tests hold it to the same answers. Lua numbers are doubles, exact for integers below 2^53:
 -- the store refuses tiers whose (limit + cost) * window_ms exceeds 2^50, which keeps every
 -- intermediate value below 2^52, and idiv() corrects the rounding of the float division.

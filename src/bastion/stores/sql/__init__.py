@@ -4,8 +4,8 @@
 (aiosqlite) or MySQL/MariaDB (asyncmy) through SQLAlchemy 2's asyncio engine. The tables are
 defined on a SQLAlchemy `MetaData`: `metadata` holds them under the default prefix for
 Alembic's ``target_metadata``, `build_metadata` and `define_tables` do so for another prefix
-or your own `MetaData`. `SQLStore.transaction` lets a handler commit its own rows together
-with its stored response.
+or your own `MetaData`. `bastion.idempotency.transaction` lets a handler commit its own rows
+together with its stored response in this store.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
     raise missing_extra("sql", "sqlalchemy") from exc
 
-from bastion.stores.sql.schema import DEFAULT_PREFIX, SQLTables, build_metadata, define_tables
-from bastion.stores.sql.store import SQLStore
-from bastion.stores.sql.transaction import IdempotentTransaction
+from bastion.stores.sql._schema import DEFAULT_PREFIX, SQLTables, build_metadata, define_tables
+from bastion.stores.sql._store import SQLStore
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "IdempotentTransaction",
     "SQLStore",
     "SQLTables",
     "build_metadata",

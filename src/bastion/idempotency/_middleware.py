@@ -20,24 +20,24 @@ from bastion._asgi import (
     replay_receive,
     send_problem,
 )
+from bastion._core.records import StoredResponse, encode_response
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
-from bastion.idempotency.capture import ResponseCapture
-from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
-from bastion.idempotency.fingerprint import fingerprint
-from bastion.idempotency.keys import (
+from bastion.idempotency._capture import ResponseCapture
+from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency._fingerprint import fingerprint
+from bastion.idempotency._keys import (
     InvalidKey,
     default_principal,
     key_header,
     parse_key,
     scoped_key,
 )
-from bastion.idempotency.lease import LeaseRegistry, run_keeping_lease
-from bastion.idempotency.records import StoredResponse, encode_response
+from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.idempotency._settings import IdempotencySettings
 from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
-from bastion.settings import IdempotencySettings
-from bastion.stores.protocols import Claim, IdempotencyStore
+from bastion.stores._protocols import Claim, IdempotencyStore
 from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
 
 __all__ = ["IdempotencyMiddleware"]

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.exceptions import ConfigurationError
-from bastion.stores.sql.schema import KEY_BYTES, TOKEN_BYTES, SQLTables
+from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
 __all__ = ["Dialect", "dialect_for"]
 

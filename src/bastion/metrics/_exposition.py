@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from bastion._asgi import header, send_problem
-from bastion.metrics.prometheus import client, multiprocess_mode
+from bastion.metrics._prometheus import client, multiprocess_mode
 from bastion.typing import Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bastion.settings import IdempotencySettings
-from bastion.stores.protocols import IdempotencyStore
+from bastion.idempotency._settings import IdempotencySettings
+from bastion.stores._protocols import IdempotencyStore
 
 __all__ = ["SCOPE_KEY", "IdempotencyContext"]
 

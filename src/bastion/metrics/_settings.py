@@ -7,8 +7,8 @@ import itertools
 import math
 import typing
 
+from bastion._settings import EnvSettings
 from bastion.exceptions import ConfigurationError
-from bastion.settings import EnvSettings
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",

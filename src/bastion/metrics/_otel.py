@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from bastion.exceptions import missing_extra
-from bastion.metrics.settings import DEFAULT_DURATION_BUCKETS, DEFAULT_STORE_BUCKETS
+from bastion.metrics._settings import DEFAULT_DURATION_BUCKETS, DEFAULT_STORE_BUCKETS
 from bastion.observe import IdempotencyOutcome, RateLimitOutcome
 from bastion.typing import Scope
 
@@ -36,9 +36,9 @@ def api() -> ModuleType:
 
 
 def _version() -> str:
-    import bastion
+    from bastion._version import __version__
 
-    return bastion.__version__
+    return __version__
 
 
 def trace_exemplar() -> Callable[[], dict[str, str] | None] | None:

@@ -12,9 +12,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
+from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError
-from bastion.ratelimit.algorithms import State, decide, expires_at
-from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.typing import Clock
 
 __all__ = ["MemoryStore"]

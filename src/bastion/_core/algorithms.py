@@ -17,7 +17,7 @@ A state is three integers whose meaning depends on the algorithm:
 
 from __future__ import annotations
 
-from bastion.stores.protocols import RateLimitDecision, RateLimitHit
+from bastion._core.types import RateLimitDecision, RateLimitHit
 
 __all__ = ["State", "decide", "expires_at"]
 

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from bastion.exceptions import ConfigurationError, missing_extra
-from bastion.metrics.settings import DEFAULT_STORE_BUCKETS, check_buckets
+from bastion.metrics._settings import DEFAULT_STORE_BUCKETS, check_buckets
 from bastion.observe import IdempotencyOutcome, RateLimitOutcome
 from bastion.typing import Scope
 

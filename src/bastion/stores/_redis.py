@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from bastion.exceptions import ConfigurationError, missing_extra
-from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.typing import Clock
 
 try:

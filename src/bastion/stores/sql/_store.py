@@ -14,14 +14,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError, StoreError
-from bastion.ratelimit.algorithms import State, decide, expires_at
-from bastion.stores.protocols import Claim, RateLimitDecision, RateLimitHit
-from bastion.stores.sql.dialects import PING, Dialect, dialect_for
-from bastion.stores.sql.errors import CAUGHT, backoff, is_transient, wrap
-from bastion.stores.sql.schema import DEFAULT_PREFIX, define_tables
-from bastion.stores.sql.transaction import IdempotentTransaction
-from bastion.typing import Clock, Scope
+from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores.sql._dialects import PING, Dialect, dialect_for
+from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
+from bastion.stores.sql._schema import DEFAULT_PREFIX, define_tables
+from bastion.typing import Clock
 
 __all__ = ["SQLStore"]
 
@@ -243,17 +242,6 @@ class SQLStore:
                     break
         return total
 
-    def transaction(self, request: Any) -> IdempotentTransaction:
-        """A transaction for a handler's own writes that also stores its response.
-
-        ``async with store.transaction(request) as tx:`` gives ``tx.connection``; write your
-        rows with it and finish with ``return await tx.complete(response)``. The business
-        rows and the idempotency record commit together or not at all. ``request`` is a
-        Starlette `Request` or an ASGI scope.
-        """
-        scope: Scope = getattr(request, "scope", request)
-        return IdempotentTransaction(self, scope)
-
     # -- idempotency ----------------------------------------------------------------------
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
@@ -316,6 +304,34 @@ class SQLStore:
                 "p_until": now + ttl_ms,
             },
         )
+
+    @asynccontextmanager
+    async def connect_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a begun transaction for `bastion.idempotency.transaction`, which
+        commits or rolls it back itself; see `TransactionalIdempotencyStore`."""
+        async with AsyncExitStack() as stack:
+            try:
+                if self._serial is not None:
+                    await stack.enter_async_context(self._serial)
+                conn = await stack.enter_async_context(self.engine.connect())
+                await conn.begin()
+                await self._dialect.begin(conn)
+            except CAUGHT as exc:
+                with anyio.CancelScope(shield=True):
+                    await stack.aclose()
+                raise wrap(exc, "transaction") from exc
+            yield conn
+
+    async def complete_in(
+        self, connection: AsyncConnection, key: str, token: str, response: bytes, *, ttl_ms: int
+    ) -> bool:
+        """`complete` inside ``connection``'s transaction, left for the caller to commit."""
+        now = self._now()
+        params = {**self._held(key, token, now), "p_response": response, "p_until": now + ttl_ms}
+        try:
+            return bool((await connection.execute(self._dialect.complete, params)).rowcount == 1)
+        except CAUGHT as exc:
+            raise wrap(exc, "complete") from exc
 
     async def release(self, key: str, token: str) -> bool:
         return await self._update(

@@ -22,7 +22,7 @@ from bastion.ratelimit.keys import (
     json_field,
     query_param,
 )
-from bastion.stores.protocols import Algorithm
+from bastion.stores._protocols import Algorithm
 
 __all__ = ["RouteMatcher", "Tier", "compile_routes", "presets"]
 

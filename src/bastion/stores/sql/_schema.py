@@ -67,7 +67,7 @@ def _buckets(metadata: MetaData, prefix: str) -> Table:
         name,
         metadata,
         Column("key", _exact(KEY_BYTES), primary_key=True),
-        # `bastion.ratelimit.algorithms.State`, whose meaning depends on the algorithm
+        # `bastion._core.algorithms.State`, whose meaning depends on the algorithm
         Column("state_0", BigInteger, nullable=False),
         Column("state_1", BigInteger, nullable=False),
         Column("state_2", BigInteger, nullable=False),

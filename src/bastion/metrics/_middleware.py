@@ -6,10 +6,10 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from bastion._asgi import ANSWERED_SCOPE_KEY
-from bastion.metrics.otel import Tracing, trace_exemplar
-from bastion.metrics.prometheus import HTTP_METHODS, OTHER_METHOD, HttpMetrics, multiprocess_mode
-from bastion.metrics.routes import RouteResolver
-from bastion.metrics.settings import MetricsSettings
+from bastion.metrics._otel import Tracing, trace_exemplar
+from bastion.metrics._prometheus import HTTP_METHODS, OTHER_METHOD, HttpMetrics, multiprocess_mode
+from bastion.metrics._routes import RouteResolver
+from bastion.metrics._settings import MetricsSettings
 from bastion.typing import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -11,8 +11,10 @@ its method promises, is a store failure, answered by the fail-open or fail-close
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, runtime_checkable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
+
+from bastion._core.types import Algorithm, Claim, RateLimitDecision, RateLimitHit
 
 __all__ = [
     "Algorithm",
@@ -23,23 +25,8 @@ __all__ = [
     "RateLimitStore",
     "Store",
     "TierValidatingStore",
+    "TransactionalIdempotencyStore",
 ]
-
-Algorithm = Literal["fixed_window", "sliding_window", "gcra"]
-
-
-class Claim(NamedTuple):
-    """The outcome of `IdempotencyStore.claim`.
-
-    ``acquired`` is true when the caller now holds the key's lease with its own token. Otherwise
-    the other fields describe the record holding the key: its fingerprint, its stored response
-    (None while it is still in flight) and how long its lease has left.
-    """
-
-    acquired: bool
-    fingerprint: str
-    response: bytes | None = None
-    lease_remaining_ms: int = 0
 
 
 @runtime_checkable
@@ -85,30 +72,25 @@ class IdempotencyStore(Store, Protocol):
         """Delete the in-flight record if ``token`` still holds it, so a retry runs again."""
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitHit:
-    """One tier's share of a request: which bucket, which algorithm, which quota."""
+@runtime_checkable
+class TransactionalIdempotencyStore(IdempotencyStore, Protocol):
+    """An idempotency store whose database can also hold the handler's own rows (SQLStore).
 
-    key: str
-    algorithm: Algorithm
-    limit: int
-    window_ms: int
-    cost: int = 1
+    `bastion.idempotency.transaction` writes a handler's rows and its stored response in one
+    transaction through these two primitives, so both commit or neither does. The caller
+    commits or rolls back; the store only opens the connection and writes, fenced.
+    """
 
+    def connect_transaction(self) -> AbstractAsyncContextManager[Any]:
+        """One of the store's connections in a transaction begun with the store's own set-up
+        (SQLite: holding the write lock), given back when the block ends. The caller commits
+        or rolls it back; failing to open it raises `StoreError`."""
 
-class RateLimitDecision(NamedTuple):
-    """One tier's answer. ``reset_ms`` is the time until more quota is available (one more unit
-    than ``remaining``; 0 when the quota is whole), the ``t`` of the IETF ``RateLimit`` field
-    (draft -10 on).
-
-    Answers (this and `Claim`) are named tuples: one is built per tier per request, and a
-    tuple costs less than half as much to build as a frozen dataclass."""
-
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_ms: int
-    retry_after_ms: int = 0
+    async def complete_in(
+        self, connection: Any, key: str, token: str, response: bytes, *, ttl_ms: int
+    ) -> bool:
+        """`complete` as a statement of ``connection``'s open transaction, left uncommitted:
+        False when ``token`` no longer holds the lease."""
 
 
 @runtime_checkable
@@ -118,7 +100,7 @@ class RateLimitStore(Store, Protocol):
     async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
         """Decide every hit in one atomic step: all-or-nothing.
 
-        Each decision follows `bastion.ratelimit.algorithms`. When any hit is denied, no bucket
+        Each decision follows `bastion._core.algorithms`. When any hit is denied, no bucket
         is charged, so a denied request consumes nothing from the tiers that allowed it.
         """
 

@@ -1,4 +1,4 @@
-"""`IdempotentTransaction`: a handler's own writes and its stored response, in one commit.
+"""`transaction(store, request)`: a handler's own writes and its stored response, in one commit.
 
 With every other store, a handler commits its business rows and the middleware then stores
 the response in a second write: a crash between the two leaves rows without a record, and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import anyio
 from sqlalchemy import event
@@ -21,17 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from starlette.responses import Response
 
 from bastion._asgi import PROBLEM_CONTENT_TYPE, problem_json
-from bastion.exceptions import TransactionError
-from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
-from bastion.idempotency.records import encode_response
-from bastion.settings import IdempotencySettings
-from bastion.stores.sql.errors import CAUGHT, wrap
+from bastion._core.records import encode_response
+from bastion.exceptions import ConfigurationError, StoreError, TransactionError
+from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency._settings import IdempotencySettings
+from bastion.stores._protocols import TransactionalIdempotencyStore
+from bastion.stores.sql._errors import CAUGHT, wrap
 from bastion.typing import Scope
 
-if TYPE_CHECKING:
-    from bastion.stores.sql.store import SQLStore
-
-__all__ = ["IdempotentTransaction"]
+__all__ = ["IdempotentTransaction", "transaction"]
 
 logger = logging.getLogger("bastion.stores.sql")
 
@@ -57,7 +55,7 @@ def _lease_lost() -> Response:
 class IdempotentTransaction:
     """One database transaction for a handler's writes and its idempotent response.
 
-    Use it as ``async with store.transaction(request) as tx:``, write with
+    Use it as ``async with transaction(store, request) as tx:``, write with
     ``tx.connection``, and leave with ``return await tx.complete(response)``:
 
     - the response is stored in the idempotency record by the same transaction, fenced by
@@ -74,7 +72,12 @@ class IdempotentTransaction:
     transaction with no record to write.
     """
 
-    def __init__(self, store: SQLStore, scope: Scope) -> None:
+    def __init__(self, store: TransactionalIdempotencyStore, scope: Scope) -> None:
+        if not isinstance(store, TransactionalIdempotencyStore):
+            raise ConfigurationError(
+                f"{type(store).__name__} cannot share a transaction with the handler; "
+                "use a store that can (SQLStore)"
+            )
         self._store = store
         context = scope.get(SCOPE_KEY)
         self._context: IdempotencyContext | None = (
@@ -105,19 +108,13 @@ class IdempotentTransaction:
             if context.store is not None and context.store is not self._store:
                 raise TransactionError(
                     "the IdempotencyMiddleware in front of this request uses another store; "
-                    "give it this SQLStore so the lease and the transaction share a database"
+                    "give it this store so the lease and the transaction share a database"
                 )
-        store = self._store
-        try:
-            if store._serial is not None:
-                await self._stack.enter_async_context(store._serial)
-            self._conn = conn = await self._stack.enter_async_context(store.engine.connect())
-            self._transaction = await conn.begin()
-            await store._dialect.begin(conn)
-        except CAUGHT as exc:
-            with anyio.CancelScope(shield=True):
-                await self._stack.aclose()
-            raise wrap(exc, "transaction") from exc
+        conn: AsyncConnection = await self._stack.enter_async_context(
+            self._store.connect_transaction()
+        )
+        self._conn = conn
+        self._transaction = conn.get_transaction()
         self._guarded = conn.sync_connection
         event.listen(self._guarded, "commit", _refuse_commit)
         self._state = "open"
@@ -176,20 +173,14 @@ class IdempotentTransaction:
         data: bytes,
         settings: IdempotencySettings,
     ) -> bool:
-        store, dialect = self._store, self._store._dialect
-        now = store._now()
-        params: dict[str, Any] = {
-            "p_key": dialect.key(context.key),
-            "p_token": dialect.token(context.token),
-            "p_now": now,
-            "p_response": data,
-            "p_until": now + int(settings.ttl_seconds * 1000),
-        }
+        ttl_ms = int(settings.ttl_seconds * 1000)
         try:
-            return bool((await conn.execute(dialect.complete, params)).rowcount == 1)
-        except CAUGHT as exc:
+            return await self._store.complete_in(
+                conn, context.key, context.token, data, ttl_ms=ttl_ms
+            )
+        except StoreError:
             await self._end(commit=False, quiet=True)
-            raise wrap(exc, "complete") from exc
+            raise
 
     async def _end(self, *, commit: bool, quiet: bool = False) -> None:
         """Commit or roll back, then give the connection back; runs once."""
@@ -238,3 +229,16 @@ def _refuse_commit(conn: Connection) -> None:
         "do not commit tx.connection yourself: `await tx.complete(response)` commits your "
         "rows together with the stored response"
     )
+
+
+def transaction(store: TransactionalIdempotencyStore, request: Any) -> IdempotentTransaction:
+    """A transaction for a handler's own writes that also stores its response.
+
+    ``async with transaction(store, request) as tx:`` gives ``tx.connection``; write your rows
+    with it and finish with ``return await tx.complete(response)``. The business rows and the
+    idempotency record commit together or not at all. ``store`` is the one the
+    `IdempotencyMiddleware` in front of the handler uses (a `SQLStore`); ``request`` is a
+    Starlette `Request` or an ASGI scope.
+    """
+    scope: Scope = getattr(request, "scope", request)
+    return IdempotentTransaction(store, scope)

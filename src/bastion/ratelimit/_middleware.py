@@ -15,7 +15,7 @@ from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.observe import NULL_OBSERVER, Observer, timed
-from bastion.ratelimit.headers import (
+from bastion.ratelimit._headers import (
     RETRY_AFTER,
     LimitItem,
     limit_prefix,
@@ -23,11 +23,11 @@ from bastion.ratelimit.headers import (
     rate_fields,
     seconds,
 )
+from bastion.ratelimit._proxies import AddressResolver
+from bastion.ratelimit._settings import RateLimitSettings
+from bastion.ratelimit._tiers import Tier, compile_routes
 from bastion.ratelimit.keys import RequestView
-from bastion.ratelimit.proxies import AddressResolver
-from bastion.ratelimit.tiers import Tier, compile_routes
-from bastion.settings import RateLimitSettings
-from bastion.stores.protocols import (
+from bastion.stores._protocols import (
     RateLimitDecision,
     RateLimitHit,
     RateLimitStore,
