@@ -18,9 +18,9 @@ import pytest
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
 from bastion._logging import ThrottledLogger
-from bastion.idempotency import middleware as idempotency_middleware
-from bastion.idempotency.fingerprint import fingerprint
-from bastion.idempotency.keys import scoped_key
+from bastion.idempotency import _middleware as idempotency_middleware
+from bastion.idempotency._fingerprint import fingerprint
+from bastion.idempotency._keys import scoped_key
 from bastion.stores import Claim, MemoryStore
 from bastion.typing import ASGIApp, Receive, Scope, Send
 from tests.idempotency.apps import Backend, starlette_app

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from bastion.idempotency import middleware
+from bastion.idempotency import _middleware as middleware
 
 COUNT = 50
 

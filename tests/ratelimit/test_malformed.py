@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from bastion import Tier
 from bastion._logging import ThrottledLogger
+from bastion.ratelimit import _middleware as ratelimit_middleware
 from bastion.ratelimit import keys
-from bastion.ratelimit import middleware as ratelimit_middleware
 from bastion.stores import RateLimitDecision, RateLimitHit
-from tests.ratelimit.conftest import BrokenStore, RecordingObserver, call, limited
+from tests.ratelimit.conftest import RecordingObserver, broken_store, call, limited
 
 APP = limited(
     Tier(name="ip", limit=1000, window=60, algorithm="gcra"),
@@ -140,7 +140,7 @@ def _expect_policy(response: httpx.Response, observer: RecordingObserver, fail_o
 )
 async def test_any_store_exception_gets_the_tier_policy(error: Exception, fail_open: bool) -> None:
     """Whatever the store raises, each tier's fail_open answers: 200 or 503, never a 500."""
-    response, observer = await _through_http(BrokenStore(error), fail_open)
+    response, observer = await _through_http(broken_store(error), fail_open)
     _expect_policy(response, observer, fail_open)
 
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
-from bastion.idempotency.fingerprint import fingerprint
-from bastion.idempotency.keys import scoped_key
+from bastion.idempotency._fingerprint import fingerprint
+from bastion.idempotency._keys import scoped_key
 from bastion.typing import Scope
 from tests.idempotency.apps import Backend, starlette_app
 
