@@ -44,7 +44,7 @@ def problem(
     **extra: Any,
 ) -> JSONResponse:
     body = {
-        "type": f"urn:bastion-service:problem:{slug}",
+        "type": f"urn:bastion:problem:{slug}",
         "title": title or TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
