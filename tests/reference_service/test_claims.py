@@ -24,7 +24,8 @@ async def test_prepare_returns_the_transactions_to_sign(harness: Harness) -> Non
     assert body["amount"] == "12.345678"
     assert body["nonce"] == 1
     [tx] = body["transactions"]
-    assert tx["data"].startswith("0x") and tx["chain_id"] == 31337
+    assert tx["data"].startswith("0x")
+    assert tx["chain_id"] == 31337
 
 
 @pytest.mark.parametrize("amount", [12.5, 12, "12.1234567", "0", "-1", "1e3", "01", ""])
@@ -62,7 +63,8 @@ async def test_record_enqueues_an_intent_that_settles(harness: Harness) -> None:
     """202 PENDING; once its job runs, SETTLED with a tx hash and two ledger entries."""
     await register(harness.client, WALLETS[0])
     intent = await claim(harness.client, WALLETS[0], "7.5")
-    assert intent["status"] == "PENDING" and intent["amount"] == "7.5"
+    assert intent["status"] == "PENDING"
+    assert intent["amount"] == "7.5"
     assert await harness.drain() == 1
     settled = (await harness.client.get(f"/api/intents/{intent['id']}")).json()
     assert settled["status"] == "SETTLED"
@@ -93,7 +95,8 @@ async def test_record_commits_the_intent_and_the_stored_response_together(
     assert intents == 1
     assert any(first.content in bytes(response) for response in stored)
     again = await harness.client.post("/api/claim/record", json=body, headers=headers)
-    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
     assert await harness.drain() == 1  # one job, not one per request
 
 

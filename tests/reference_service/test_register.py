@@ -18,7 +18,8 @@ async def test_register_returns_the_registration_and_tx_hash(harness: Harness) -
     assert response.status_code == 201
     body = response.json()
     assert body["wallet"] == WALLETS[0]
-    assert body["tx_hash"].startswith("0x") and len(body["tx_hash"]) == 66
+    assert body["tx_hash"].startswith("0x")
+    assert len(body["tx_hash"]) == 66
     assert harness.chain.receipt(body["tx_hash"]) is not None
 
 
