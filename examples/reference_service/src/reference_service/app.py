@@ -1,22 +1,34 @@
-"""The reference service in embedded mode: every bastion middleware over memory stores.
+"""The reference service: a rewards-claim API on FastAPI, hardened by bastion's middleware.
 
-The stack, outermost first: MetricsMiddleware (so it counts what the others answer),
-RateLimitMiddleware with the original plan's presets (so a 429 is never stored as an
-idempotent response), IdempotencyMiddleware (keys required on every mutating ``/api`` route).
-Later work grows the claim, webhook and admin surface and the queue workers.
+The stack, outermost first:
+
+- `bastion.MetricsMiddleware`, so it counts what the others answer themselves;
+- `bastion.RateLimitMiddleware` with the original plan's presets (register 5/h per client
+  address, claim 60/h per wallet, webhook 100/min per event id, health 600/min per address,
+  each from its ``RL_*`` variable), outside idempotency so a 429 is never stored;
+- `bastion.IdempotencyMiddleware`, keys required on every mutating ``/api`` route except the
+  webhook (deduplicated by event id) and the admin routes. Its store is a
+  `bastion.stores.sql.SQLStore` on the domain's own database, so the handlers commit their
+  rows and the stored response in one transaction.
+
+In embedded mode the rate limits live in a `bastion.stores.MemoryStore`, the domain and the
+idempotency records in one SQLite file, and jobs in an in-process queue.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import anyio
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bastion import (
     IdempotencyMiddleware,
@@ -26,68 +38,134 @@ from bastion import (
     PrometheusObserver,
     RateLimitMiddleware,
     RateLimitSettings,
-    StoreError,
+    Tier,
 )
-from bastion.ratelimit import presets
-from bastion.stores import MemoryStore
+from bastion.ratelimit import keys
+from reference_service.db.engine import create_engine
+from reference_service.db.migrations import check_migrated
+from reference_service.jobs.memory import InProcessQueue
+from reference_service.jobs.queue import JobQueue
+from reference_service.problems import install
+from reference_service.relayer import Relayer
+from reference_service.routes import admin, claims, health, v2, webhook
+from reference_service.service import ReferenceService
+from reference_service.settings import ServiceSettings
 
-PROBLEM = "application/problem+json"
+__all__ = ["create_app", "rate_limit_tiers"]
+
+logger = logging.getLogger("reference_service")
 
 
-def _problem(status: int, slug: str, title: str, detail: str) -> JSONResponse:
-    body = {"type": f"urn:bastion:problem:{slug}", "title": title, "status": status}
-    return JSONResponse({**body, "detail": detail}, status_code=status, media_type=PROBLEM)
+def _wallet(request: keys.RequestView) -> str | None:
+    body = request.json
+    wallet = body.get("wallet") if isinstance(body, dict) else None
+    # one bucket per wallet however it is spelled (lower case or EIP-55 checksummed)
+    return wallet.lower() if isinstance(wallet, str) and wallet else None
+
+
+def rate_limit_tiers(environ: Mapping[str, str] | None = None) -> tuple[Tier, ...]:
+    """The plan's four presets; the claim tier keys on the wallet in lower case."""
+    claim_key = keys.custom(
+        _wallet, name="wallet", needs_body=True, fallback=keys.query_param("wallet")
+    )
+    return (
+        Tier.register(environ=environ),
+        Tier.claim(environ=environ, key=claim_key),
+        Tier.webhook(environ=environ),
+        Tier.health(environ=environ),
+    )
+
+
+class _MetricsEndpoint:
+    """``/metrics``: refresh the database- and queue-derived gauges, then expose."""
+
+    def __init__(self, service: ReferenceService) -> None:
+        self.service = service
+        self.exposition = MetricsApp(registry=service.registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self.service
+        try:
+            with anyio.fail_after(2.0):
+                async with service.db.read() as repo:
+                    await service.metrics.refresh(repo, service.queue, service.relayer)
+        except Exception:  # a scrape still answers, with the last known values
+            logger.warning("refreshing the domain metrics failed", exc_info=True)
+        await self.exposition(scope, receive, send)
 
 
 def create_app(
-    *, store: MemoryStore | None = None, registry: CollectorRegistry | None = None
-) -> Starlette:
-    """Build the service; ``registry`` defaults to a fresh one, served at ``/metrics``."""
-    store = store or MemoryStore()
+    settings: ServiceSettings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Any = time.time,
+    queue: JobQueue | None = None,
+    relayer: Relayer | None = None,
+    run_jobs: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """Build the service. Its lifespan refuses an unmigrated database.
+
+    ``run_jobs=False`` leaves the in-process queue to the caller (tests `drain` it);
+    ``clock`` drives the domain's timestamps and the queue's backoff.
+    """
+    settings = settings or ServiceSettings.from_env(environ)
     registry = registry if registry is not None else CollectorRegistry()
+    service = ReferenceService(
+        settings,
+        engine=create_engine(settings.database_url),
+        registry=registry,
+        clock=clock,
+        queue=queue,
+        relayer=relayer,
+    )
     observer = PrometheusObserver(registry=registry)
-    registrations: dict[str, dict[str, Any]] = {}
-    ids = itertools.count(1)
+    idempotency = IdempotencySettings.from_env(
+        environ,
+        require_key=("/api/*",),
+        exclude=("/api/commerce/webhook", "/api/admin/*"),
+    )
+    rate_limits = RateLimitSettings.from_env(environ, tiers=rate_limit_tiers(environ))
 
-    async def register(request: Request) -> JSONResponse:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            payload = await request.json()
-        except ValueError:
-            payload = None
-        wallet = payload.get("wallet") if isinstance(payload, dict) else None
-        if not isinstance(wallet, str) or not wallet:
-            return _problem(
-                422,
-                "validation",
-                "Invalid request",
-                "the body must be a JSON object with a non-empty 'wallet' string",
-            )
-        registration = {"id": next(ids), "wallet": wallet}
-        registrations[str(registration["id"])] = registration
-        return JSONResponse(registration, status_code=201)
+            await check_migrated(service.db.engine)
+            await service.seed_programs()
+            async with anyio.create_task_group() as tg:
+                if run_jobs and isinstance(service.queue, InProcessQueue):
+                    await tg.start(service.queue.run)
+                    tg.start_soon(service.reconcile_loop)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await service.aclose()
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        try:
-            await store.ping()
-        except StoreError as exc:
-            return _problem(503, "not-ready", "Not ready", f"store unreachable: {exc}")
-        return JSONResponse({"status": "ready"})
-
-    idempotency = IdempotencySettings.from_env(require_key=("/api/*",))
-    rate_limits = RateLimitSettings.from_env(tiers=presets())
-    return Starlette(
-        routes=[
-            Route("/api/register", register, methods=["POST"]),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", MetricsApp(registry=registry)),
-        ],
+    app = FastAPI(
+        title="bastion reference service",
+        version="0.1.0",
+        summary="A rewards-claim API hardened by bastion's idempotency, rate limits and metrics.",
+        lifespan=lifespan,
         middleware=[
             Middleware(MetricsMiddleware, registry=registry),
-            Middleware(RateLimitMiddleware, store=store, settings=rate_limits, observer=observer),
-            Middleware(IdempotencyMiddleware, store=store, settings=idempotency, observer=observer),
+            Middleware(
+                RateLimitMiddleware,
+                store=service.rate_limit_store,
+                settings=rate_limits,
+                observer=observer,
+            ),
+            Middleware(
+                IdempotencyMiddleware,
+                store=service.idempotency_store,
+                settings=idempotency,
+                observer=observer,
+            ),
         ],
     )
+    app.state.service = service
+    install(app)
+    for module in (claims, v2, webhook, admin, health):
+        app.include_router(module.router)
+    app.router.routes.append(Route("/metrics", _MetricsEndpoint(service), methods=["GET", "HEAD"]))
+    return app

@@ -1,0 +1,1 @@
+"""The domain's database: models, the engine, migrations and the repository."""
