@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -306,3 +308,68 @@ def test_problem_reference_lists_every_problem_type() -> None:
     rows = set(re.findall(r"^\| \[`([^`]+)`\]\([^)]*\) \| (\d{3}) \|", page, re.MULTILINE))
     assert len(problems) >= 10
     assert {(status, kind) for kind, status in ((k, int(s)) for k, s in rows)} == problems
+
+
+# -- the README's own app -----------------------------------------------------------------------
+
+
+def _readme_app() -> str:
+    """The one Python block of the README's "Use it in your app" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Use it in your app") :]
+    section = section[: section.index("\n## ", 1)]
+    (block,) = re.findall(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    return str(block)
+
+
+@pytest.mark.anyio
+async def test_readme_app_limits_the_api_and_not_its_metrics(tmp_path: Path) -> None:
+    """The README's app rate-limits its API routes, replays a keyed retry, and serves its own
+    /metrics without a rate limit (a scrape must never get 429)."""
+    source = tmp_path / "readme_app.py"
+    source.write_text(_readme_app(), encoding="utf-8")
+    headers = {"Idempotency-Key": "r-1", "X-API-Key": "k"}
+    with _loaded(source) as module:
+        async with _client(module.app) as http:
+            first = await http.post("/api/payments", json={"amount": 5}, headers=headers)
+            retry = await http.post("/api/payments", json={"amount": 5}, headers=headers)
+            scrape = await http.get("/metrics")
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert '"burst";q=100;w=60' in first.headers["ratelimit-policy"]
+    assert scrape.status_code == 200
+    assert "ratelimit-policy" not in scrape.headers
+    assert "bastion_http_requests_total" in scrape.text
+
+
+def _bastion_source_root() -> str:
+    """Where mypy finds the bastion under test: its ``src/`` when run from a checkout, nothing
+    extra when it is installed (mypy reads site-packages on its own, and refuses it here)."""
+    import bastion
+
+    root = Path(bastion.__file__).resolve().parents[1]
+    return "" if "site-packages" in root.parts else str(root)
+
+
+def test_readme_app_passes_mypy_strict(tmp_path: Path) -> None:
+    """The README's app type-checks under ``mypy --strict``, as users' own code would."""
+    source = tmp_path / "readme_app.py"
+    source.write_text(_readme_app(), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": _bastion_source_root()},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
