@@ -1,5 +1,7 @@
 """bastion: pure ASGI middleware that make mutating endpoints safe to retry and to expose."""
 
+from typing import TYPE_CHECKING
+
 from bastion.exceptions import (
     BastionError,
     ConfigurationError,
@@ -14,7 +16,6 @@ from bastion.metrics import (
     MetricsSettings,
     OTelObserver,
     PrometheusObserver,
-    metrics_app,
 )
 from bastion.observe import MultiObserver, NullObserver, Observer
 from bastion.ratelimit.middleware import RateLimitMiddleware
@@ -44,3 +45,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+if TYPE_CHECKING:
+    from bastion.metrics import metrics_app
+
+
+def __getattr__(name: str) -> MetricsApp:
+    # built on first import, so a missing prometheus_client fails there, naming the extra
+    if name == "metrics_app":
+        from bastion import metrics
+
+        return metrics.metrics_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
