@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,19 @@ def test_relative_links_point_to_existing_files(page: Path) -> None:
         if not (page.parent / target.split("#", 1)[0]).exists()
     ]
     assert missing == []
+
+
+def test_readme_links_work_on_the_package_index() -> None:
+    """The README is the package index's project page, where relative links break: it has none."""
+    assert _relative_links(ROOT / "README.md") == []
+
+
+def test_project_urls_are_real() -> None:
+    """Every project URL in the package metadata is absolute https, never a placeholder."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for url in project.get("urls", {}).values():
+        assert url.startswith("https://"), url
+        assert not re.search(r"\.(invalid|example|test)(/|$)|example\.(com|org)", url), url
 
 
 def test_link_checker_sees_links_outside_code() -> None:
