@@ -1,7 +1,9 @@
 """One entry point for the README's quick start: it builds its own environment first.
 
     python3 dev.py serve     run the example service on 127.0.0.1:8000 (embedded, memory stores)
-    python3 dev.py test      lint, type-check and run the whole test suite
+    python3 dev.py test      lint, type-check and run the whole test suite (under CI=true, then
+                             the fast subset again against the built wheel)
+    python3 dev.py wheel     run the fast subset against the built wheel (or: -- <pytest args>)
     python3 dev.py bench     run the benchmarks (they install the peers they compare with)
     python3 dev.py docs      build the documentation site into site/ (mkdocs build --strict)
 
@@ -22,7 +24,12 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BENCH_VENV = ROOT / "benchmarks" / ".venv"
 PROJECT = ("-e", ".[all]", "-e", "examples/reference_service")
-SESSIONS = {"test": ["lint", "typecheck", "tests"], "bench": ["bench"], "docs": ["docs"]}
+SESSIONS = {
+    "test": ["lint", "typecheck", "tests"],
+    "wheel": ["wheel"],
+    "bench": ["bench"],
+    "docs": ["docs"],
+}
 """The nox sessions each command runs (`serve` runs the service instead)."""
 # the test environment, and the benchmarks' own one that also holds the peers they compare with
 ENVIRONMENTS = {

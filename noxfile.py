@@ -1,8 +1,21 @@
-"""Sessions run inside the environment `dev.py` builds (`nox --no-venv`)."""
+"""Sessions run inside the environment `dev.py` builds (`nox --no-venv`).
+
+Under ``CI=true`` the ``tests`` session also runs the suite against the built wheel (the
+``wheel`` session, runnable on its own): a file missing from the wheel (a Lua script, a
+``py.typed``, a module) fails CI, which the editable install would never notice. That pass
+runs the fast subset, without the ``integration`` and ``slow`` markers, so that `.ci/run`
+stays under ten minutes: those tests start servers and exercise no packaging the rest does not.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import nox
 
@@ -10,6 +23,26 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "none"
 
 PATHS = ["src", "tests", "examples", "benchmarks", "scripts", "noxfile.py", "dev.py"]
+ROOT = Path(__file__).resolve().parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+WHEEL_VENV = ROOT / ".nox" / "wheel-venv"
+"""The wheel pass's own environment, kept between runs: only the bastion wheel is reinstalled."""
+WHEEL_MARKERS = "not integration and not slow"
+# what the copy the wheel pass runs from leaves out: caches, environments, and nothing else
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".nox",
+    "site",
+    "dist",
+    "build",
+    "__pycache__",
+    "*.pyc",
+    ".*_cache",
+    ".hypothesis",
+    ".coverage*",
+    "htmlcov",
+)
 
 
 def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
@@ -32,22 +65,86 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite with coverage; under CI=true no real-service test may skip."""
+    """The whole suite with coverage; under CI=true no real-service test may skip, and the fast
+    subset then runs again against the built wheel."""
     args = session.posargs or ["tests"]
     _run(session, "pytest", "--cov", "--cov-report=term", "-p", "no:cacheprovider", *args)
+    if IN_CI and not session.posargs:
+        _wheel_suite(session, ["-m", WHEEL_MARKERS, "tests"])
 
 
 @nox.session
-def docs(session: nox.Session) -> None:
-    """Build the documentation site into site/, failing on any warning (broken links included)."""
-    _run(session, "python", "scripts/settings_reference.py", "--check")
-    _run(session, "mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+def wheel(session: nox.Session) -> None:
+    """The suite against the built wheel, from a copy of the tree where src/ is not importable
+    (default: the fast subset CI runs; pass pytest arguments to choose)."""
+    _wheel_suite(session, session.posargs or ["-m", WHEEL_MARKERS, "tests"])
 
 
-@nox.session
-def bench(session: nox.Session) -> None:
-    """Every benchmark, side by side with peers, in one run each."""
-    env = {"PYTHONHASHSEED": "0", **os.environ}
-    for script in sorted(os.listdir("benchmarks")):
-        if script.startswith("bench_") and script.endswith(".py"):
-            session.run("python", f"benchmarks/{script}", *session.posargs, env=env, external=True)
+def _venv_python(env: Path) -> Path:
+    return (
+        env
+        / ("Scripts" if os.name == "nt" else "bin")
+        / ("python.exe" if os.name == "nt" else "python")
+    )
+
+
+def _wheel_environment(session: nox.Session) -> Path:
+    """The cached environment holding every test dependency, but no bastion from src/."""
+    python = _venv_python(WHEEL_VENV)
+    inputs = ["pyproject.toml", "requirements-dev.txt", "examples/reference_service/pyproject.toml"]
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in inputs)).hexdigest()
+    stamp = WHEEL_VENV / ".bastion-deps"
+    if python.exists() and stamp.exists() and stamp.read_text() == digest:
+        return python
+    session.log(f"creating {WHEEL_VENV}")
+    shutil.rmtree(WHEEL_VENV, ignore_errors=True)
+    _run(session, sys.executable, "-m", "venv", str(WHEEL_VENV))
+    _run(
+        session, str(python), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements-dev.txt")
+    )
+    stamp.write_text(digest)
+    return python
+
+
+def _wheel_suite(session: nox.Session, pytest_args: list[str]) -> None:
+    python = _wheel_environment(session)
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall"]
+    with tempfile.TemporaryDirectory(prefix="bastion-wheel-") as tmp:
+        dist = Path(tmp) / "dist"
+        _run(
+            session,
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(dist),
+            str(ROOT),
+        )
+        (built,) = dist.glob("bastion-*.whl")
+        _run(session, str(python), "-m", "pip", "install", "-q", f"{built}[all]")
+        _run(session, *pip, str(built))
+        # a copy of the tree: the tests read docs/, examples/ and src/ as files, while pytest
+        # puts only the copy's root on sys.path, so `import bastion` can only find the wheel
+        copy = Path(tmp) / "tree"
+        shutil.copytree(ROOT, copy, ignore=_NOT_COPIED)
+        _run(session, *pip, str(copy / "examples" / "reference_service"))
+        env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+        where = subprocess.run(
+            [str(python), "-c", "import bastion; print(bastion.__file__)"],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if not Path(where).resolve().is_relative_to(WHEEL_VENV.resolve()):
+            session.error(f"the wheel pass would test {where}, not the installed wheel")
+        session.log(f"testing the wheel installed at {Path(where).parent}")
+        command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", *pytest_args]
+        session.log(" ".join(command))
+        # not session.run: it would pass the outer PYTHONPATH (a checkout's src/) through
+        if subprocess.run(command, cwd=copy, env=env, check=False).returncode != 0:
+            session.error("the suite failed against the built wheel")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import socket
+import urllib.parse
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,14 +32,75 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+SERVICES: dict[str, tuple[str, str]] = {
+    "BASTION_TEST_REDIS_URL": ("Redis", "redis://127.0.0.1:6379/15"),
+    "BASTION_TEST_POSTGRES_URL": (
+        "PostgreSQL",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    ),
+    "BASTION_TEST_MYSQL_URL": ("MySQL/MariaDB", "mysql+asyncmy://root@127.0.0.1:3306/test"),
+}
+"""Each real-service variable: the service it names and the default URL tried when it is unset."""
+PROBE_TIMEOUT = 0.5
+"""Seconds to wait for a default port to accept a connection: a local server answers at once."""
+
+_probed: dict[str, bool] = {}
+_skipped: collections.Counter[str] = collections.Counter()
+
+
+def _listening(url: str) -> bool:
+    """Whether something accepts TCP connections at the host and port of ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    default_port = {"redis": 6379, "postgresql": 5432, "mysql": 3306}[parts.scheme.split("+")[0]]
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=PROBE_TIMEOUT
+        ):
+            return True
+    except OSError:
+        return False
+
+
 def service_url(variable: str) -> str:
-    """The URL of a real service for a test, or skip (fail under CI) when it is not set."""
+    """The URL of a real service for a test: the variable's, else the default local one if a
+    server listens there (probed once per run), else skip (fail under CI)."""
     url = os.environ.get(variable)
-    if not url:
-        if IN_CI:
-            pytest.fail(f"{variable} is not set; CI must run every real-service test")
-        pytest.skip(f"{variable} is not set: no real server to test against")
-    return url
+    if url:
+        return url
+    service, default = SERVICES[variable]
+    if variable not in _probed:
+        _probed[variable] = _listening(default)
+    if _probed[variable]:
+        return default
+    reason = f"{variable} is not set and no {service} listens at {default}"
+    if IN_CI:
+        pytest.fail(f"{reason}; CI must run every real-service test")
+    _skipped[variable] += 1
+    pytest.skip(reason)
+
+
+def skipped_services_line() -> str | None:
+    """The one line that ends a run that skipped real-service tests: what, and how to enable."""
+    if not _skipped:
+        return None
+    parts = [
+        f"{count} need {SERVICES[variable][0]} ({variable}={SERVICES[variable][1]})"
+        for variable, count in sorted(_skipped.items())
+    ]
+    return (
+        f"skipped {sum(_skipped.values())} real-service tests: {'; '.join(parts)}. "
+        "Start the server or export the variable (any host, port, user and database) to run them."
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """End the report with one line naming the services that were missing, if any were: after
+    the per-test skip reasons, right above the final counts."""
+    yield
+    line = skipped_services_line()
+    if line is not None:
+        terminalreporter.write_line(line, yellow=True, bold=True)
 
 
 @pytest.fixture

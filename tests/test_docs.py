@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
+import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +77,19 @@ def test_relative_links_point_to_existing_files(page: Path) -> None:
         if not (page.parent / target.split("#", 1)[0]).exists()
     ]
     assert missing == []
+
+
+def test_readme_links_work_on_the_package_index() -> None:
+    """The README is the package index's project page, where relative links break: it has none."""
+    assert _relative_links(ROOT / "README.md") == []
+
+
+def test_project_urls_are_real() -> None:
+    """Every project URL in the package metadata is absolute https, never a placeholder."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for url in project.get("urls", {}).values():
+        assert url.startswith("https://"), url
+        assert not re.search(r"\.(invalid|example|test)(/|$)|example\.(com|org)", url), url
 
 
 def test_link_checker_sees_links_outside_code() -> None:
@@ -306,3 +322,68 @@ def test_problem_reference_lists_every_problem_type() -> None:
     rows = set(re.findall(r"^\| \[`([^`]+)`\]\([^)]*\) \| (\d{3}) \|", page, re.MULTILINE))
     assert len(problems) >= 10
     assert {(status, kind) for kind, status in ((k, int(s)) for k, s in rows)} == problems
+
+
+# -- the README's own app -----------------------------------------------------------------------
+
+
+def _readme_app() -> str:
+    """The one Python block of the README's "Use it in your app" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Use it in your app") :]
+    section = section[: section.index("\n## ", 1)]
+    (block,) = re.findall(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    return str(block)
+
+
+@pytest.mark.anyio
+async def test_readme_app_limits_the_api_and_not_its_metrics(tmp_path: Path) -> None:
+    """The README's app rate-limits its API routes, replays a keyed retry, and serves its own
+    /metrics without a rate limit (a scrape must never get 429)."""
+    source = tmp_path / "readme_app.py"
+    source.write_text(_readme_app(), encoding="utf-8")
+    headers = {"Idempotency-Key": "r-1", "X-API-Key": "k"}
+    with _loaded(source) as module:
+        async with _client(module.app) as http:
+            first = await http.post("/api/payments", json={"amount": 5}, headers=headers)
+            retry = await http.post("/api/payments", json={"amount": 5}, headers=headers)
+            scrape = await http.get("/metrics")
+    assert (first.status_code, retry.status_code) == (201, 201)
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert '"burst";q=100;w=60' in first.headers["ratelimit-policy"]
+    assert scrape.status_code == 200
+    assert "ratelimit-policy" not in scrape.headers
+    assert "bastion_http_requests_total" in scrape.text
+
+
+def _bastion_source_root() -> str:
+    """Where mypy finds the bastion under test: its ``src/`` when run from a checkout, nothing
+    extra when it is installed (mypy reads site-packages on its own, and refuses it here)."""
+    import bastion
+
+    root = Path(bastion.__file__).resolve().parents[1]
+    return "" if "site-packages" in root.parts else str(root)
+
+
+def test_readme_app_passes_mypy_strict(tmp_path: Path) -> None:
+    """The README's app type-checks under ``mypy --strict``, as users' own code would."""
+    source = tmp_path / "readme_app.py"
+    source.write_text(_readme_app(), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": _bastion_source_root()},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,5 +1,7 @@
 """bastion: pure ASGI middleware that make mutating endpoints safe to retry and to expose."""
 
+from typing import TYPE_CHECKING
+
 from bastion._version import __version__ as __version__
 from bastion.exceptions import (
     BastionError,
@@ -15,7 +17,6 @@ from bastion.metrics import (
     MetricsSettings,
     OTelObserver,
     PrometheusObserver,
-    metrics_app,
 )
 from bastion.observe import MultiObserver, NullObserver, Observer
 from bastion.ratelimit import RateLimitMiddleware, RateLimitSettings, Tier
@@ -41,3 +42,15 @@ __all__ = [
     "TransactionError",
     "metrics_app",
 ]
+
+if TYPE_CHECKING:
+    from bastion.metrics import metrics_app
+
+
+def __getattr__(name: str) -> MetricsApp:
+    # built on first import, so a missing prometheus_client fails there, naming the extra
+    if name == "metrics_app":
+        from bastion import metrics
+
+        return metrics.metrics_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

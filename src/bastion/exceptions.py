@@ -2,6 +2,7 @@
 
     BastionError
     ├── ConfigurationError   bad settings or a missing optional extra, raised at start-up
+    │   └── MissingExtraError an optional extra is not installed (also an ImportError)
     ├── TransactionError     a handler misused bastion.idempotency.transaction
     └── StoreError           a store backend failed (timeout, lost connection, bad reply)
         └── StoreUnavailable the backend could not be reached at all
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "BastionError",
     "ConfigurationError",
+    "MissingExtraError",
     "StoreError",
     "StoreUnavailable",
     "TransactionError",
@@ -44,8 +46,24 @@ class StoreUnavailable(StoreError):
     """The backend could not be reached (connection refused, timed out, reset)."""
 
 
-def missing_extra(extra: str, module: str) -> ConfigurationError:
+def missing_extra(extra: str, module: str) -> MissingExtraError:
     """The error for an optional dependency that is not installed."""
-    return ConfigurationError(
-        f"{module!r} is not installed: install it with `pip install 'bastion[{extra}]'`"
+    return MissingExtraError(
+        f"{module!r} is not installed: install it with `pip install 'bastion[{extra}]'`",
+        extra=extra,
+        name=module,
     )
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional extra is not installed; the message holds the ``pip install`` command.
+
+    Raised when the feature is imported or built, never on a request. It is an `ImportError`
+    too, so code that already guards optional imports with ``except ImportError`` keeps working.
+    """
+
+    def __init__(self, message: str, *, extra: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+        """The extra to install: ``pip install 'bastion[<extra>]'``."""
+        self.name = name

@@ -24,7 +24,7 @@ def test_import_bastion_without_any_extra() -> None:
         for name in {OPTIONAL!r}:
             sys.modules[name] = None  # any import of it now raises ImportError
         import bastion
-        from bastion import MetricsMiddleware, metrics_app, PrometheusObserver, OTelObserver
+        from bastion import MetricsApp, MetricsMiddleware, PrometheusObserver, OTelObserver
         loaded = [m for m in sys.modules if m.split(".")[0] in {OPTIONAL!r}
                   and sys.modules[m] is not None]
         assert not loaded, loaded

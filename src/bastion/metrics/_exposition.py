@@ -4,6 +4,10 @@ It speaks the classic text format unless the scraper asks for OpenMetrics in ``A
 OpenMetrics carries exemplars), and gzips when asked to. In prometheus_client's multiprocess
 mode (``PROMETHEUS_MULTIPROC_DIR`` set) it aggregates every worker's files, so any worker can
 answer the scrape for all of them.
+
+``metrics_app`` is built on first import, not when bastion is imported: without
+prometheus_client, ``from bastion import metrics_app`` raises `MissingExtraError` naming
+``bastion[prometheus]`` at start-up, instead of a scrape answering 500.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class MetricsApp:
     """
 
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            client()  # fail here, naming the extra, rather than on the first scrape
         self._registry = registry
 
     def registry(self) -> CollectorRegistry:
@@ -97,6 +103,14 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-metrics_app = MetricsApp()
-"""Serves the default registry (or every worker's, in multiprocess mode); mount it at
-``/metrics``. Build a `MetricsApp` for a registry of your own."""
+if TYPE_CHECKING:
+    metrics_app: MetricsApp
+    """Serves the default registry (or every worker's, in multiprocess mode); mount it at
+    ``/metrics``. Build a `MetricsApp` for a registry of your own."""
+
+
+def __getattr__(name: str) -> MetricsApp:
+    if name == "metrics_app":
+        app: MetricsApp = globals().setdefault("metrics_app", MetricsApp())
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

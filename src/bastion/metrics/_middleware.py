@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,13 @@ UNMATCHED_LABEL = "<unmatched>"
 BASTION_LABEL = "<bastion>"
 """The route label of answers a bastion middleware gave before routing (400, 409, 422, 429,
 503, idempotent replays): counted, never dropped, and kept apart from unmatched paths."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: blocked on purpose
+        return False
 
 
 class _Exchange:
@@ -72,7 +80,12 @@ class MetricsMiddleware:
     status code, so their number is bounded by the app's routes whatever clients send. Put it
     outermost so that it also counts what other middleware answer themselves. With OpenTelemetry
     on, each request also gets a server span, and duration observations carry its trace id as
-    an exemplar.
+    an exemplar. With only ``bastion[otel]`` installed, asking for OpenTelemetry (``otel=True``
+    or a provider) records spans alone instead of failing for the missing prometheus_client.
+
+    What a bastion middleware answered itself (400, 409, 422, 429, 503, replays) is labelled
+    `BASTION_LABEL` whatever the framework: Starlette and FastAPI run middleware before routing,
+    Litestar after, so the route would otherwise be known under one and not the others.
     """
 
     def __init__(
@@ -92,7 +105,10 @@ class MetricsMiddleware:
         self._in_flight: dict[str, Any] = {}
         self._children: dict[tuple[str, str, int], _Children] = {}
         self._exemplar = None
-        if settings.prometheus:
+        tracing = settings.otel or tracer_provider is not None or meter_provider is not None
+        # With only bastion[otel] installed, asking for OpenTelemetry is enough: Prometheus,
+        # on by default, is left out rather than refusing to start.
+        if settings.prometheus and not (tracing and not _installed("prometheus_client")):
             self._metrics = metrics = HttpMetrics.on(
                 registry, settings.duration_buckets, settings.size_buckets
             )
@@ -100,7 +116,7 @@ class MetricsMiddleware:
             if settings.exemplars and not multiprocess_mode():
                 self._exemplar = trace_exemplar()
         self._tracing: Tracing | None = None
-        if settings.otel or tracer_provider is not None or meter_provider is not None:
+        if tracing:
             self._tracing = Tracing(
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
@@ -157,7 +173,7 @@ class MetricsMiddleware:
             raise
         finally:
             seconds = perf_counter() - start
-            route = self._resolve(scope)
+            route = None if ANSWERED_SCOPE_KEY in scope else self._resolve(scope)
             if in_flight is not None:
                 in_flight.dec()
                 label = route if route is not None else self._unrouted(scope)
@@ -170,8 +186,10 @@ class MetricsMiddleware:
         return gauge
 
     def _label(self, scope: Scope) -> str:
+        if ANSWERED_SCOPE_KEY in scope:
+            return BASTION_LABEL
         route = self._resolve(scope)
-        return route if route is not None else self._unrouted(scope)
+        return route if route is not None else UNMATCHED_LABEL
 
     @staticmethod
     def _unrouted(scope: Scope) -> str:

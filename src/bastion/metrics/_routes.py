@@ -5,7 +5,10 @@ Frameworks leave the matched route in the scope: Starlette and FastAPI put the r
 template carries the routers' prefixes), Litestar puts the template at ``scope["path_template"]``.
 Mounts only leave the raw matched prefix in ``root_path``; it is mapped back to the mount's
 template through an index of the app's mounts built once, so a mount like ``/t/{tenant}``
-never leaks tenant names into a label. Nothing here walks ``app.routes`` per request.
+never leaks tenant names into a label. FastAPI's router leaves no route at all for a plain
+Starlette route (``app.add_route("/metrics", metrics_app)``) or mount, only its ``endpoint``;
+the same index maps that endpoint back to its template. Nothing here walks ``app.routes`` per
+request.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ _MOUNT_SUFFIX = "/{path}"
 
 
 class _MountIndex:
-    """Every mount reachable from one router, as (full template, pattern, has parameters)."""
+    """Every mount reachable from one router, as (full template, pattern, has parameters), and
+    every endpoint's full templates, for routers that leave only the endpoint in the scope."""
 
-    __slots__ = ("mounts", "router")
+    __slots__ = ("endpoints", "mounts", "router")
 
     def __init__(self, router: Any) -> None:
         self.router = router
         self.mounts: list[tuple[str, re.Pattern[str], bool]] = []
+        self.endpoints: dict[int, list[tuple[str, re.Pattern[str]]]] = {}
         self._walk(getattr(router, "routes", ()), "", depth=0)
 
     def _walk(self, routes: Any, prefix: str, depth: int) -> None:
@@ -43,9 +48,29 @@ class _MountIndex:
                 template = prefix + route.path
                 pattern, _, convertors = compile_path(template)
                 self.mounts.append((template, pattern, bool(convertors)))
+                self._endpoint(route.app, template + _MOUNT_SUFFIX, template + "/{path:path}")
                 self._walk(route.routes, template, depth + 1)
             elif isinstance(route, Host):
                 self._walk(route.routes, prefix, depth + 1)
+            elif getattr(route, "path_format", None) and hasattr(route, "endpoint"):
+                template = prefix + route.path_format
+                self._endpoint(route.endpoint, template, template)
+
+    def _endpoint(self, endpoint: Any, template: str, matches: str) -> None:
+        pattern, _, _ = compile_path(matches)
+        self.endpoints.setdefault(id(endpoint), []).append((template, pattern))
+
+    def endpoint(self, endpoint: Any, path: str) -> str | None:
+        """The template of the route that serves ``endpoint``; the path picks among several."""
+        found = self.endpoints.get(id(endpoint))
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0][0]
+        for template, pattern in found:
+            if pattern.match(path):
+                return template
+        return None
 
     def template(self, raw: str) -> tuple[str, bool] | None:
         for template, pattern, has_params in self.mounts:
@@ -71,6 +96,8 @@ class RouteResolver:
         route = scope.get("route")
         if route is None:
             template: str | None = scope.get("path_template")  # Litestar
+            if template is None and "endpoint" in scope:  # a plain route in a FastAPI router
+                return self._endpoint(scope)
             return template
         template = None
         fastapi = scope.get("fastapi")
@@ -94,15 +121,21 @@ class RouteResolver:
             return template
         return self._prefix(scope, raw) + template
 
-    def _prefix(self, scope: Scope, raw: str) -> str:
-        known = self._static.get(raw)
-        if known is not None:
-            return known
+    def _index_of(self, scope: Scope) -> _MountIndex:
         router = scope.get("router")
         index = self._index
         if index is None or index.router is not router:
             index = self._index = _MountIndex(router)
-        found = index.template(raw)
+        return index
+
+    def _endpoint(self, scope: Scope) -> str | None:
+        return self._index_of(scope).endpoint(scope["endpoint"], scope["path"])
+
+    def _prefix(self, scope: Scope, raw: str) -> str:
+        known = self._static.get(raw)
+        if known is not None:
+            return known
+        found = self._index_of(scope).template(raw)
         if found is None:
             return UNKNOWN_MOUNT
         template, has_params = found

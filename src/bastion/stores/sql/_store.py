@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from bastion._core.algorithms import State, decide, expires_at
-from bastion.exceptions import ConfigurationError, StoreError
+from bastion.exceptions import ConfigurationError, MissingExtraError, StoreError, missing_extra
 from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.stores.sql._dialects import PING, Dialect, dialect_for
 from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
@@ -44,6 +44,22 @@ _TIMEOUT_ARGS = {
     "asyncpg": ("timeout", "command_timeout"),
     "asyncmy": ("connect_timeout", "read_timeout"),
 }
+_DRIVER_EXTRAS = {"asyncpg": "postgres", "aiosqlite": "sqlite", "asyncmy": "mysql"}
+"""The extra that installs each driver bastion is tested with."""
+
+
+def _missing_driver(url: str, module: str | None) -> MissingExtraError:
+    """The error for a URL whose driver is not installed, naming the extra that installs it."""
+    extra = _DRIVER_EXTRAS.get(module or "")
+    if extra is not None:
+        return missing_extra(extra, module or "")
+    scheme = url.split(":", 1)[0]
+    return MissingExtraError(
+        f"the driver for {scheme!r} is not installed ({module}): install it, or use a driver "
+        "bastion ships an extra for: 'bastion[postgres]', 'bastion[sqlite]' or 'bastion[mysql]'",
+        extra="sql",
+        name=module,
+    )
 
 
 def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
@@ -66,10 +82,7 @@ def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
             kwargs.setdefault("pool_timeout", DEFAULT_POOL_TIMEOUT)
         return create_async_engine(parsed, **kwargs)
     except ImportError as exc:
-        raise ConfigurationError(
-            f"the driver for {url.split(':', 1)[0]!r} is not installed ({exc.name}): install "
-            "asyncpg (PostgreSQL), aiosqlite (SQLite) or asyncmy (MySQL/MariaDB)"
-        ) from exc
+        raise _missing_driver(url, exc.name) from exc
     except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ValueError) as exc:
         raise ConfigurationError(f"cannot build an async SQL engine from this URL: {exc}") from exc
 
