@@ -43,6 +43,7 @@ PUBLIC: dict[str, list[str]] = {
     "bastion.exceptions": [
         "BastionError",
         "ConfigurationError",
+        "MissingExtraError",
         "StoreError",
         "StoreUnavailable",
         "TransactionError",
