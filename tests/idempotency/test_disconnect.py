@@ -50,6 +50,7 @@ class Connection:
         self.left = anyio.Event()
         self.first_chunk = anyio.Event()
         self.messages: list[Message] = []
+        self.refused = 0
         self.error: BaseException | None = None
 
     def leave(self) -> None:
@@ -64,6 +65,7 @@ class Connection:
 
     async def send(self, message: Message) -> None:
         if self.left.is_set():
+            self.refused += 1
             raise OSError("the client went away")
         self.messages.append(message)
         if message["type"] == "http.response.body" and message.get("body"):
@@ -143,6 +145,7 @@ async def test_client_leaving_mid_stream_keeps_the_key(
     assert runs.finished
     assert first.error is None
     assert first.body == STREAM_CHUNKS[0]
+    assert first.refused <= 1  # nothing more is forwarded once the server said the client left
 
 
 @pytest.mark.parametrize("spec", SPECS)
