@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
+from bastion.idempotency.capture import ResponseCapture
 from bastion.stores import Claim, MemoryStore
 from bastion.typing import ASGIApp, Message
 from tests.asgi import http_scope
@@ -287,3 +288,22 @@ async def test_request_cancelled_by_asyncio_during_its_claim_leaves_the_key_free
     again = await request(app, "/charge")
     assert again.status == 201
     assert counter.calls["charge"] == 1
+
+
+async def test_pathsend_file_that_cannot_be_read_is_not_stored(tmp_path: Path) -> None:
+    """A file the capture cannot read is still handed to the server, but not stored."""
+    forwarded: list[Message] = []
+
+    async def send(message: Message) -> None:
+        forwarded.append(message)
+
+    async def receive() -> Message:
+        raise AssertionError("not called")
+
+    capture = ResponseCapture(send, receive, 1_000)
+    missing = {"type": "http.response.pathsend", "path": str(tmp_path / "gone.bin")}
+    await capture({"type": "http.response.start", "status": 200, "headers": []})
+    await capture(missing)
+    assert forwarded[1] == missing
+    assert capture.complete
+    assert capture.overflow
