@@ -33,8 +33,13 @@ class BodyTooLarge(Exception):
     """The request body exceeded the buffering limit."""
 
 
-class ClientDisconnected(Exception):
-    """The client went away before the request body was complete."""
+class ClientDisconnected(OSError):
+    """The client went away: before the request body was complete, or (raised by a response
+    capture's ``send``) while a response that cannot be stored was still streaming.
+
+    An `OSError`, like the errors servers raise from ``send`` once the client has left, so
+    frameworks that stop a response on those (Starlette on ASGI spec 2.4) stop on this too.
+    """
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

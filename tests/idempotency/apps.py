@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio.lowlevel import checkpoint
 from fastapi import FastAPI
 from fastapi import Request as FastAPIRequest
 from litestar import Litestar, get, post, put
@@ -16,7 +17,13 @@ from litestar.middleware import DefineMiddleware
 from litestar.response import Stream
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
@@ -272,3 +279,65 @@ def build(
     app: Any = factory(backend)
     app.add_middleware(IdempotencyMiddleware, store=store, settings=settings, **options)
     return app  # type: ignore[no-any-return]
+
+
+ENDLESS_CHUNK = b"0123456789abcdef"
+ENDLESS_LIMIT = 10_000
+"""Chunks the endless stream yields before giving up, so a stream nothing ends fails a test
+instead of hanging it."""
+
+
+@dataclass
+class StreamRuns:
+    """The streamed handlers of `disconnect_app`: how often they ran and how far they got.
+
+    Each stream yields its first chunk, then waits for ``resume``, so a test can make the
+    client leave mid-stream at a point it chooses."""
+
+    resume: anyio.Event
+    runs: int = 0
+    finished: bool = False
+    produced: int = 0
+    ran_out: bool = False
+
+
+def disconnect_app(stream: StreamRuns, file: str) -> ASGIApp:
+    """Starlette handlers whose clients leave: a held stream, an endless one, a file."""
+
+    async def held(request: Request) -> Response:
+        stream.runs += 1
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield STREAM_CHUNKS[0]
+            await stream.resume.wait()
+            for chunk in STREAM_CHUNKS[1:]:
+                yield chunk
+            stream.finished = True
+
+        return StreamingResponse(chunks(), media_type="application/x-custom")
+
+    async def endless(request: Request) -> Response:
+        stream.runs += 1
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield ENDLESS_CHUNK
+            await stream.resume.wait()
+            for _ in range(ENDLESS_LIMIT):
+                await checkpoint()
+                stream.produced += 1
+                yield ENDLESS_CHUNK
+            stream.ran_out = True
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    async def send_file(request: Request) -> Response:
+        stream.runs += 1
+        return FileResponse(file, media_type="application/octet-stream")
+
+    return Starlette(
+        routes=[
+            Route("/held", held, methods=["POST"]),
+            Route("/endless", endless, methods=["POST"]),
+            Route("/file", send_file, methods=["POST"]),
+        ]
+    )

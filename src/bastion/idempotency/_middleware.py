@@ -36,6 +36,7 @@ from bastion.idempotency._keys import (
 )
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
 from bastion.idempotency._settings import IdempotencySettings
+from bastion.idempotency._shield import shielded
 from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
 from bastion.stores._protocols import Claim, IdempotencyStore
 from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
@@ -267,10 +268,27 @@ class _Request(IdempotencyContext):
             mw.store.claim(self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms),
         )
 
+    async def _first_claim(self) -> Claim:
+        """Claim, shielded: a request cancelled while the store answers must not leave a
+        lease behind that nobody holds."""
+        try:
+            return await shielded(self._claim())
+        except anyio.get_cancelled_exc_class():
+            # the token fences the release: it frees this request's lease and nothing else
+            mw = self.mw
+            with anyio.CancelScope(shield=True):
+                try:
+                    await timed(
+                        mw.observer, mw._backend, "release", mw.store.release(self.key, self.token)
+                    )
+                except Exception as exc:
+                    store_failures.warning(_failure("to release a cancelled claim", exc))
+            raise
+
     async def run(self, receive: Receive) -> None:
         mw, scope = self.mw, self.scope
         try:
-            claim = _checked(await self._claim())
+            claim = _checked(await self._first_claim())
             if (
                 mw.settings.wait
                 and not claim.acquired
@@ -384,24 +402,31 @@ class _Request(IdempotencyContext):
 
     async def _execute(self, receive: Receive) -> None:
         mw = self.mw
-        capture = ResponseCapture(self.send, mw.settings.max_response_bytes)
+        # the body is read: from here the handler runs to completion whatever the client
+        # does, so the capture hides its departure while the response can still be stored
+        capture = ResponseCapture(self.send, receive, mw.settings.max_response_bytes)
+        hidden = capture.receive
         self.scope[SCOPE_KEY] = self
         error: Exception | None = None
         try:
             leases = mw._leases.add(self, self._renew_lease)
             if leases is not None:
                 try:
-                    await mw.app(self.scope, receive, capture)
+                    await mw.app(self.scope, hidden, capture)
                 except Exception as exc:
                     error = exc
                 finally:
                     leases.remove(self)
+                    capture.end()
             else:
-                error = await run_keeping_lease(
-                    mw._lease_ms / 3000,
-                    self._renew_lease,
-                    lambda: mw.app(self.scope, receive, capture),
-                )
+                try:
+                    error = await run_keeping_lease(
+                        mw._lease_ms / 3000,
+                        self._renew_lease,
+                        lambda: mw.app(self.scope, hidden, capture),
+                    )
+                finally:
+                    capture.end()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._finish(capture)
