@@ -16,11 +16,11 @@ import anyio
 import pytest
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
-from bastion.idempotency.capture import ResponseCapture
+from bastion.idempotency._capture import ResponseCapture
 from bastion.stores import Claim, MemoryStore
+from bastion.testing import FakeClock
 from bastion.typing import ASGIApp, Message
 from tests.asgi import http_scope
-from tests.conftest import FakeClock
 from tests.idempotency.apps import (
     ENDLESS_CHUNK,
     STREAM_CHUNKS,
