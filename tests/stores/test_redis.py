@@ -513,3 +513,15 @@ async def test_redis_example_replays_across_its_store(monkeypatch: pytest.Monkey
     finally:
         await example["STORE"].aclose()
         await delete_prefix(url, prefix)
+
+
+async def test_claim_and_complete_sent_twice_by_one_token_succeed_twice(
+    store: RedisStore,
+) -> None:
+    """A claim or complete repeated after a broken connection is recognised as its own."""
+    assert (await store.claim("again", "fp", "t1", lease_ms=LEASE)).acquired
+    assert (await store.claim("again", "fp", "t1", lease_ms=LEASE)).acquired
+    assert not (await store.claim("again", "fp", "t2", lease_ms=LEASE)).acquired
+    assert await store.complete("again", "t1", b"resp", ttl_ms=TTL)
+    assert await store.complete("again", "t1", b"resp", ttl_ms=TTL)
+    assert not await store.complete("again", "t1", b"other", ttl_ms=TTL)

@@ -75,15 +75,25 @@ class CircuitBreaker:
     def enabled(self) -> bool:
         return self._failures > 0
 
+    def check(self) -> None:
+        """Raise `StoreUnavailable` if a call now would be skipped (open, cool-down running,
+        or a probe already in flight), before the caller queues for a connection."""
+        if self._opened_at is not None and (
+            self._probing or self._clock() - self._opened_at < self.reset_after
+        ):
+            self._refuse()
+
+    def _refuse(self) -> None:
+        raise StoreUnavailable(
+            f"{self.name} skipped: circuit breaker open after {self._failures} consecutive failures"
+        )
+
     def _admit(self) -> bool:
         """Whether this call may go to the store; True when it is the half-open probe."""
         if self._opened_at is None:
             return False
         if self._probing or self._clock() - self._opened_at < self.reset_after:
-            raise StoreUnavailable(
-                f"{self.name} skipped: circuit breaker open after {self._failures} consecutive "
-                "failures"
-            )
+            self._refuse()
         self._probing = True
         return True
 

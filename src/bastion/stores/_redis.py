@@ -187,11 +187,10 @@ class RedisStore:
         self.breaker = CircuitBreaker(name="redis") if breaker is None else breaker
         """The store's `CircuitBreaker`: its ``state`` tells whether Redis is being skipped."""
         self._cluster = _rc.is_cluster(client)
-        # redis-py's cluster pools raise instead of waiting when a node's are all busy: calls
-        # queue here instead, within the call's time bound, never more than a node's pool
-        self._slots = (
-            anyio.Semaphore(max_connections or DEFAULT_MAX_CONNECTIONS) if self._cluster else None
-        )
+        # calls queue here for one of the pool's connections, within the call's time bound:
+        # redis-py's cluster pools raise instead of waiting, and a wait measured here can be
+        # told apart from a slow server (see _bounded)
+        self._slots = anyio.Semaphore(max_connections or DEFAULT_MAX_CONNECTIONS)
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"
@@ -231,25 +230,40 @@ class RedisStore:
         return f"{self._bucket_prefix}{{{tag.hexdigest()}}}:{key}"
 
     async def _bounded(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """``call`` within the store's time bound, pool wait included, through the breaker."""
+        """``call`` within the store's time bound, the wait for a connection included.
 
-        async def attempt() -> _T:
-            try:
-                with anyio.fail_after(self.timeout):
-                    if self._cluster:
-                        # topology first: a command sent before it is known goes to a random
-                        # node and comes back MOVED
-                        await self._client.initialize()
-                    if self._slots is None:
-                        return await call()
-                    async with self._slots:
-                        return await call()
-            except TimeoutError as exc:
-                raise StoreUnavailable(
-                    f"redis did not answer {operation} within {self.timeout} s"
-                ) from exc
+        Only the part after a connection is free goes through the breaker: running out of
+        time while queued behind this process's own burst says the process is busy, not that
+        Redis is down, and must not open the breaker (a false outage under CPU load).
+        """
+        deadline = anyio.current_time() + self.timeout
+        self.breaker.check()
+        try:
+            with anyio.fail_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"no free redis connection for {operation} within {self.timeout} s"
+            ) from exc
+        try:
+            return await self.breaker.call(lambda: self._within(deadline, operation, call))
+        finally:
+            self._slots.release()
 
-        return await self.breaker.call(attempt)
+    async def _within(
+        self, deadline: float, operation: str, call: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        try:
+            with anyio.fail_at(deadline):
+                if self._cluster:
+                    # topology first: a command sent before it is known goes to a random
+                    # node and comes back MOVED
+                    await self._client.initialize()
+                return await call()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"redis did not answer {operation} within {self.timeout} s"
+            ) from exc
 
     async def _run(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, repeatable: bool = True
