@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
 SQL_POOL = {"pool_size": 4, "max_overflow": 4}
 """Connections per worker process: 4 workers stay well inside a shared server's 100."""
-REDIS_TIMEOUTS = {"socket_timeout": 5.0}
+REDIS_TIMEOUTS = {"timeout": 5.0}
 """These runs prove counting, not failing fast (test_outage.py does): on a busy 2-core machine
 200 requests in flight can starve an event loop past the 0.25 s default, and a timed-out call
 would be a 503 here, not a wrong count."""

@@ -32,7 +32,8 @@ from bastion import (
     Tier,
 )
 from bastion.stores import _redis_client
-from bastion.stores._redis import DEFAULT_SOCKET_TIMEOUT, RedisStore
+from bastion.stores._breaker import CircuitBreaker
+from bastion.stores._redis import DEFAULT_TIMEOUT, RedisStore
 from bastion.typing import ASGIApp
 from tests.conftest import FakeClock
 from tests.stores.postgres_support import private_postgres
@@ -177,15 +178,16 @@ async def _cached_scripts(url: str) -> list[bool]:
 @pytest.mark.redis
 async def test_redis_outage_through_the_stack(tmp_path: Path, clock: FakeClock) -> None:
     """Redis killed: no 500, policies honoured; restarted empty: same app serves normally."""
+    breaker_clock = FakeClock()
     with private_redis(tmp_path) as server:
-        store = RedisStore(url=server.url, clock=clock)
+        store = RedisStore(url=server.url, clock=clock, breaker=CircuitBreaker(clock=breaker_clock))
         try:
-            # fail fast comes from the store's defaults: short timeouts and no retries, so
-            # each request during the outage costs at most one connect attempt
+            # fail fast comes from the store's defaults: every part of a call bounded by the
+            # call's timeout, redis-py retrying nothing, and the breaker skipping a dead server
             pool = store.client.connection_pool
-            assert pool.connection_kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT
-            assert pool.connection_kwargs["socket_connect_timeout"] == DEFAULT_SOCKET_TIMEOUT
-            assert pool.timeout == DEFAULT_SOCKET_TIMEOUT
+            assert pool.connection_kwargs["socket_timeout"] == DEFAULT_TIMEOUT
+            assert pool.connection_kwargs["socket_connect_timeout"] == DEFAULT_TIMEOUT
+            assert pool.timeout == DEFAULT_TIMEOUT
             assert pool.connection_kwargs["retry"].get_retries() == 0
 
             outage = Outage(store)
@@ -195,8 +197,10 @@ async def test_redis_outage_through_the_stack(tmp_path: Path, clock: FakeClock) 
             server.stop()
             await assert_degraded_service(outage, "198.51.100.2", "198.51.100.1/orders")
 
+            assert store.breaker.state == "open"
             server.start()  # same port, empty, and no script cached
             assert await _cached_scripts(server.url) == [False] * len(SCRIPTS)
+            breaker_clock.advance(store.breaker.reset_after)  # the next call probes
             await assert_normal_service(outage, "198.51.100.3")  # through NOSCRIPT
             assert await _cached_scripts(server.url) == [True] * len(SCRIPTS)
         finally:

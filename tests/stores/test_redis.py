@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 import bastion.stores
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
 from bastion.stores import RateLimitHit
+from bastion.stores._breaker import CircuitBreaker
 from bastion.stores._redis import MAX_TIER_SPAN, RedisStore
 from tests.conftest import FakeClock, service_url
 from tests.stores.conftest import REDIS_STORES
@@ -91,9 +92,21 @@ async def _round_trips(url: str, action: Callable[[], Awaitable[object]]) -> lis
 # -- key layout -----------------------------------------------------------------------------
 
 
-def test_bucket_keys_share_one_cluster_slot() -> None:
-    """All rate-limit keys of a store hash to one slot, so any set of tiers is one script."""
+def test_one_principals_buckets_share_a_slot_and_principals_spread() -> None:
+    """Every tier of one principal hashes to one slot (one script); principals spread out."""
     store = RedisStore(Redis(), prefix="svc")
+    for principal in ("addr:203.0.113.7", "key:{odd}braces}", "x"):
+        tiers = ("burst", "daily", "route.a-1")
+        slots = {key_slot(store.bucket_key(f"{tier}:{principal}").encode()) for tier in tiers}
+        assert len(slots) == 1, principal
+    spread = {key_slot(store.bucket_key(f"burst:addr:10.0.0.{i}").encode()) for i in range(50)}
+    assert len(spread) > 40
+    assert store.bucket_key("burst:addr:1").startswith("svc:rl:{")
+
+
+def test_a_fixed_hash_tag_puts_every_bucket_in_one_slot() -> None:
+    """With ``hash_tag`` set, tiers keyed by different principals still share one slot."""
+    store = RedisStore(Redis(), prefix="svc", hash_tag="svc")
     slots = {key_slot(store.bucket_key(hit.key).encode()) for hit in TIERS}
     slots.add(key_slot(store.bucket_key("anything {with} braces").encode()))
     assert slots == {key_slot(b"svc")}
@@ -363,14 +376,18 @@ async def _all_fail_fast(store: RedisStore, concurrent: int = 20) -> None:
 async def test_killed_server_fails_fast_and_service_resumes_on_restart(
     server: PrivateRedis, clock: FakeClock
 ) -> None:
-    """Server killed: errors at once; restarted on its port: the same store works again."""
-    store = RedisStore(url=server.url, clock=clock)
+    """Server killed: errors at once; restarted on its port: the same store works again
+    once its breaker's cool-down has passed."""
+    breaker_clock = FakeClock()
+    store = RedisStore(url=server.url, clock=clock, breaker=CircuitBreaker(clock=breaker_clock))
     try:
         assert (await store.claim("k", "fp", "t1", lease_ms=LEASE)).acquired
         assert (await store.hit(TIERS))[0].allowed
         server.stop()
         await _all_fail_fast(store)
+        assert store.breaker.state == "open"
         server.start()  # same port, empty (no persistence) and with no scripts cached
+        breaker_clock.advance(store.breaker.reset_after)
         for call in _all_primitives(store):
             await call()
         assert (await store.claim("after", "fp", "t", lease_ms=LEASE)).acquired
@@ -384,7 +401,9 @@ async def test_frozen_server_times_out_and_service_resumes(
 ) -> None:
     """A server that accepts but never answers costs a socket timeout, not a hang."""
     assert server.process is not None
-    store = RedisStore(url=server.url, clock=clock, socket_timeout=0.2)
+    breaker_clock = FakeClock()
+    breaker = CircuitBreaker(clock=breaker_clock)
+    store = RedisStore(url=server.url, clock=clock, timeout=0.2, breaker=breaker)
     try:
         await store.ping()
         os.kill(server.process.pid, signal.SIGSTOP)
@@ -392,6 +411,7 @@ async def test_frozen_server_times_out_and_service_resumes(
             await _all_fail_fast(store, concurrent=10)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+        breaker_clock.advance(breaker.reset_after)
         for call in _all_primitives(store):
             await call()
         assert (await store.claim("after", "fp", "t", lease_ms=LEASE)).acquired
@@ -416,9 +436,9 @@ async def test_every_primitive_runs_on_redis_cluster(tmp_path: Path, clock: Fake
     extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
     with private_redis(tmp_path, *extra) as server:
         admin = Redis.from_url(server.url)
-        store = RedisStore.from_url(
-            f"redis+cluster://127.0.0.1:{server.port}", clock=clock, max_connections=8
-        )
+        url = f"redis+cluster://127.0.0.1:{server.port}"
+        store = RedisStore.from_url(url, clock=clock, max_connections=8, hash_tag="rl")
+        spread = RedisStore.from_url(url, clock=clock, prefix="spread")
         try:
             await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             await _wait_for_cluster(admin)
@@ -428,8 +448,16 @@ async def test_every_primitive_runs_on_redis_cluster(tmp_path: Path, clock: Fake
                 await call()
             decisions = await store.hit(TIERS)
             assert [d.remaining for d in decisions] == [98, 58, 8]
+            # spread by principal: one principal's tiers are one script ...
+            same = [RateLimitHit(f"{tier}:addr:1", "fixed_window", 5, 60_000) for tier in "abc"]
+            assert [d.remaining for d in await spread.hit(same)] == [4, 4, 4]
+            # ... and tiers of different principals in one request need the fixed tag
+            with pytest.raises(StoreError, match="hash_tag") as info:
+                await spread.hit(TIERS)
+            assert not isinstance(info.value, StoreUnavailable)
         finally:
             await store.aclose()
+            await spread.aclose()
             await admin.aclose()
 
 
@@ -485,3 +513,15 @@ async def test_redis_example_replays_across_its_store(monkeypatch: pytest.Monkey
     finally:
         await example["STORE"].aclose()
         await delete_prefix(url, prefix)
+
+
+async def test_claim_and_complete_sent_twice_by_one_token_succeed_twice(
+    store: RedisStore,
+) -> None:
+    """A claim or complete repeated after a broken connection is recognised as its own."""
+    assert (await store.claim("again", "fp", "t1", lease_ms=LEASE)).acquired
+    assert (await store.claim("again", "fp", "t1", lease_ms=LEASE)).acquired
+    assert not (await store.claim("again", "fp", "t2", lease_ms=LEASE)).acquired
+    assert await store.complete("again", "t1", b"resp", ttl_ms=TTL)
+    assert await store.complete("again", "t1", b"resp", ttl_ms=TTL)
+    assert not await store.complete("again", "t1", b"other", ttl_ms=TTL)

@@ -1,5 +1,6 @@
 """A Redis URL's timeouts and pool size act exactly as the keyword arguments of the same
-meaning: ``?socket_timeout=`` also sets the connect and pool timeouts that default to it."""
+meaning: ``?call_timeout=`` bounds a whole call and sets the socket, connect and pool timeouts
+that default to it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def settings(store: RedisStore) -> dict[str, Any]:
         "retries": kwargs["retry"].get_retries(),
         "pool_timeout": pool.timeout,
         "max_connections": pool.max_connections,
+        "call_timeout": store.timeout,
     }
 
 
@@ -38,6 +40,7 @@ def settings(store: RedisStore) -> dict[str, Any]:
             {"socket_timeout": 2, "socket_connect_timeout": 0.1},
         ),
         ("timeout=3", {"pool_timeout": 3}),
+        ("call_timeout=0.3", {"timeout": 0.3}),
         ("max_connections=3&socket_timeout=0.4", {"max_connections": 3, "socket_timeout": 0.4}),
     ],
 )
@@ -54,9 +57,9 @@ async def test_url_options_configure_the_client_like_keywords(
         await from_keywords.aclose()
 
 
-async def test_a_url_socket_timeout_bounds_connect_and_pool_waits() -> None:
-    """``?socket_timeout=0.5`` gives 0.5 s to connect and to wait for a pooled connection."""
-    store = RedisStore.from_url(f"{URL}?socket_timeout=0.5&prefix=p")
+async def test_a_url_call_timeout_bounds_socket_connect_and_pool_waits() -> None:
+    """``?call_timeout=0.5`` bounds the whole call, and each part of it defaults to it."""
+    store = RedisStore.from_url(f"{URL}?call_timeout=0.5&prefix=p")
     try:
         assert settings(store) == {
             "socket_timeout": 0.5,
@@ -64,6 +67,7 @@ async def test_a_url_socket_timeout_bounds_connect_and_pool_waits() -> None:
             "retries": 0,
             "pool_timeout": 0.5,
             "max_connections": 16,
+            "call_timeout": 0.5,
         }
         assert store.prefix == "p"
     finally:
@@ -80,7 +84,14 @@ async def test_url_options_win_over_keywords() -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["socket_timeout=fast", "max_connections=1.5", "socket_timeout=0", "max_connections=0"]
+    "query",
+    [
+        "socket_timeout=fast",
+        "max_connections=1.5",
+        "socket_timeout=0",
+        "max_connections=0",
+        "call_timeout=0",
+    ],
 )
 def test_unusable_url_options_are_refused(query: str) -> None:
     """A URL option that is not a number, or out of range, fails when the store is built."""

@@ -12,11 +12,15 @@ TTL in the same command that writes them, only so Redis frees what nobody asks f
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from bastion.exceptions import ConfigurationError, missing_extra
+import anyio
+
+from bastion.exceptions import ConfigurationError, StoreUnavailable, missing_extra
+from bastion.stores._breaker import CircuitBreaker
 from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.typing import Clock
 
@@ -33,13 +37,21 @@ __all__ = [
     "DEFAULT_EXPIRY_SLACK_MS",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_PREFIX",
+    "DEFAULT_RETRIES",
     "DEFAULT_SOCKET_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "MAX_TIER_SPAN",
     "RedisStore",
 ]
 
 DEFAULT_PREFIX = "bastion"
-DEFAULT_SOCKET_TIMEOUT = 0.25
+DEFAULT_TIMEOUT = 1.0
+"""Seconds one store call may take in all: waiting for a pooled connection, connecting,
+sending and reading. Long enough that a healthy Redis on a host whose cores are saturated
+never misses it (benchmarks/bench_outage.py: 0.25 s failed there, 1 s did not); an outage
+costs it only until the circuit breaker opens."""
+DEFAULT_SOCKET_TIMEOUT = DEFAULT_TIMEOUT
+DEFAULT_RETRIES = 1
 DEFAULT_EXPIRY_SLACK_MS = 1_000
 DEFAULT_MAX_CONNECTIONS = 16
 MAX_TIER_SPAN = 2**50
@@ -51,6 +63,7 @@ requests per day or a million per eleven days.
 """
 
 _N = TypeVar("_N", int, float)
+_T = TypeVar("_T")
 _ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
 
 
@@ -73,20 +86,31 @@ class RedisStore:
     """Idempotency records and rate-limit buckets in Redis, shared by every worker process.
 
     Pass a redis-py asyncio ``client`` (``Redis`` or ``RedisCluster``, which the store never
-    closes) or a ``url`` (the store builds and owns its client). Clients the store builds fail
-    fast: ``socket_timeout`` bounds each command (``socket_connect_timeout`` and
-    ``pool_timeout`` default to it) and ``retries`` defaults to none, so while Redis is down
-    each call raises `StoreUnavailable` within the timeout and the middleware's fail-open or
-    fail-closed policy answers at once. Broken connections are replaced on the next call, so
-    service resumes by itself when Redis is back. At most ``max_connections`` (16 by default)
-    connections are opened per process; a burst beyond that waits for a free one.
+    closes) or a ``url`` (the store builds and owns its client). Every call is bounded by
+    ``timeout`` (1 s by default), which covers the wait for a pooled connection as well as
+    connecting and the round trip; ``socket_timeout``, ``socket_connect_timeout`` and
+    ``pool_timeout`` default to it. At most ``max_connections`` (16 by default) connections
+    are opened per process (per node on a cluster); a burst beyond that waits for a free one,
+    within the same bound.
+
+    Operations that are safe to repeat (claim, renew, complete, release, ping: each is fenced
+    by the request's own token, so a repeat changes nothing) are sent again up to ``retries``
+    times when the connection broke under them. A rate-limit hit never is: it may already have
+    been counted, and a second send would count it twice.
+
+    ``breaker`` (a `CircuitBreaker`, one per store by default) skips Redis after consecutive
+    failures, so while Redis is down each call raises `StoreUnavailable` at once and the
+    middleware's fail-open or fail-closed policy answers without waiting; one call probes
+    Redis again after the breaker's cool-down. ``CircuitBreaker(failures=0)`` turns it off.
 
     Expiry is decided on the clock, and each key's Redis TTL outlives it by ``expiry_slack_ms``
     so that processes whose clocks differ by less than that agree on what is still alive.
 
-    Keys start with ``prefix``. Every rate-limit key carries the hash tag ``{hash_tag}``
-    (default: the prefix) so that one request's tiers, decided in one script, always share a
-    Redis Cluster slot.
+    Keys start with ``prefix``. A rate-limit key carries a hash tag drawn from its principal
+    (what the tier is keyed by: an address, an API key…), so the tiers of one client share a
+    Redis Cluster slot and are decided in one script while different clients spread over the
+    cluster. A fixed ``hash_tag`` puts every bucket in one slot instead: needed on a cluster
+    when the tiers of one request are keyed by different principals.
     """
 
     backend = "redis"
@@ -99,12 +123,14 @@ class RedisStore:
         prefix: str = DEFAULT_PREFIX,
         hash_tag: str | None = None,
         clock: Clock = time.time,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+        socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
-        retries: int = 0,
+        retries: int = DEFAULT_RETRIES,
         max_connections: int | None = None,
         pool_timeout: float | None = None,
         expiry_slack_ms: int = DEFAULT_EXPIRY_SLACK_MS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if (client is None) == (url is None):
             raise ConfigurationError("RedisStore needs exactly one of `client` or `url`")
@@ -114,6 +140,8 @@ class RedisStore:
             hash_tag = url_options.get("hash_tag", hash_tag)
             # the URL's timeouts and pool size act exactly as the keywords of the same meaning
             # (and win over them, as redis-py's URL options win over its keywords)
+            given_call = _url_number(url_options, "call_timeout", float)
+            timeout = timeout if given_call is None else given_call
             given_timeout = _url_number(url_options, "socket_timeout", float)
             socket_timeout = socket_timeout if given_timeout is None else given_timeout
             given_connect = _url_number(url_options, "socket_connect_timeout", float)
@@ -124,17 +152,18 @@ class RedisStore:
             pool_timeout = pool_timeout if given_pool is None else given_pool
             given_max = _url_number(url_options, "max_connections", int)
             max_connections = max_connections if given_max is None else given_max
-        hash_tag = prefix if hash_tag is None else hash_tag
         _check_name("prefix", prefix)
-        _check_name("hash_tag", hash_tag)
+        if hash_tag is not None:
+            _check_name("hash_tag", hash_tag)
         if (
             expiry_slack_ms < 0
-            or socket_timeout <= 0
+            or timeout <= 0
+            or (socket_timeout is not None and socket_timeout <= 0)
             or retries < 0
             or (max_connections is not None and max_connections < 1)
         ):
             raise ConfigurationError(
-                "expiry_slack_ms and retries must be >= 0, socket_timeout positive and "
+                "expiry_slack_ms and retries must be >= 0, timeouts positive and "
                 "max_connections at least 1"
             )
         if client is not None and _rc.decodes_responses(client):
@@ -143,10 +172,9 @@ class RedisStore:
             )
         if url is not None:
             options = _rc.ClientOptions(
-                socket_timeout=socket_timeout,
-                connect_timeout=socket_connect_timeout or socket_timeout,
-                pool_timeout=socket_timeout if pool_timeout is None else pool_timeout,
-                retries=retries,
+                socket_timeout=socket_timeout or timeout,
+                connect_timeout=socket_connect_timeout or socket_timeout or timeout,
+                pool_timeout=timeout if pool_timeout is None else pool_timeout,
                 max_connections=max_connections,
             )
             client = _rc.connect(url, options, DEFAULT_MAX_CONNECTIONS)
@@ -154,20 +182,30 @@ class RedisStore:
         self._owns_client = url is not None
         self._slack = expiry_slack_ms
         self._clock = clock
+        self.timeout = timeout
+        self.retries = retries
+        self.breaker = CircuitBreaker(name="redis") if breaker is None else breaker
+        """The store's `CircuitBreaker`: its ``state`` tells whether Redis is being skipped."""
+        self._cluster = _rc.is_cluster(client)
+        # calls queue here for one of the pool's connections, within the call's time bound:
+        # redis-py's cluster pools raise instead of waiting, and a wait measured here can be
+        # told apart from a slow server (see _bounded)
+        self._slots = anyio.Semaphore(max_connections or DEFAULT_MAX_CONNECTIONS)
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"
-        self._bucket_prefix = f"{prefix}:rl:{{{hash_tag}}}:"
+        self._bucket_prefix = f"{prefix}:rl:"
+        self._fixed_bucket_prefix = None if hash_tag is None else f"{prefix}:rl:{{{hash_tag}}}:"
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
         """A store on its own client for ``redis://``, ``rediss://``, ``unix://`` or
-        ``redis+cluster://`` URLs. ``socket_timeout``, ``socket_connect_timeout``,
-        ``timeout`` (the pool's) and ``max_connections`` in the query act exactly as the
-        keywords ``socket_timeout``, ``socket_connect_timeout``, ``pool_timeout`` and
-        ``max_connections`` (over which they win), so ``?socket_timeout=0.5`` also sets the
-        connect and pool timeouts that default to it; ``prefix`` and ``hash_tag`` configure the
-        store, and redis-py gets every other parameter."""
+        ``redis+cluster://`` URLs. ``call_timeout``, ``socket_timeout``,
+        ``socket_connect_timeout``, ``timeout`` (the pool's) and ``max_connections`` in the
+        query act exactly as the keywords ``timeout``, ``socket_timeout``,
+        ``socket_connect_timeout``, ``pool_timeout`` and ``max_connections`` (over which they
+        win); ``prefix`` and ``hash_tag`` configure the store, and redis-py gets every other
+        parameter."""
         return cls(url=url, **options)
 
     @property
@@ -183,14 +221,60 @@ class RedisStore:
         return self._record_prefix + key
 
     def bucket_key(self, key: str) -> str:
-        """The Redis key of a rate-limit bucket, hash-tagged so all buckets share a slot."""
-        return self._bucket_prefix + key
+        """The Redis key of a rate-limit bucket ``<tier>:<principal>``, hash-tagged by its
+        principal (or by the fixed ``hash_tag``): one client's tiers share a slot."""
+        if self._fixed_bucket_prefix is not None:
+            return self._fixed_bucket_prefix + key
+        principal = key.partition(":")[2] or key
+        tag = hashlib.blake2b(principal.encode("utf-8", "surrogatepass"), digest_size=8)
+        return f"{self._bucket_prefix}{{{tag.hexdigest()}}}:{key}"
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await _rc.run_script(self._client, name, keys, args)
+    async def _bounded(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call`` within the store's time bound, the wait for a connection included.
+
+        Only the part after a connection is free goes through the breaker: running out of
+        time while queued behind this process's own burst says the process is busy, not that
+        Redis is down, and must not open the breaker (a false outage under CPU load).
+        """
+        deadline = anyio.current_time() + self.timeout
+        self.breaker.check()
+        try:
+            with anyio.fail_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"no free redis connection for {operation} within {self.timeout} s"
+            ) from exc
+        try:
+            return await self.breaker.call(lambda: self._within(deadline, operation, call))
+        finally:
+            self._slots.release()
+
+    async def _within(
+        self, deadline: float, operation: str, call: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        try:
+            with anyio.fail_at(deadline):
+                if self._cluster:
+                    # topology first: a command sent before it is known goes to a random
+                    # node and comes back MOVED
+                    await self._client.initialize()
+                return await call()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"redis did not answer {operation} within {self.timeout} s"
+            ) from exc
+
+    async def _run(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, repeatable: bool = True
+    ) -> Any:
+        retries = self.retries if repeatable else 0
+        return await self._bounded(
+            name, lambda: _rc.run_script(self._client, name, keys, args, retries=retries)
+        )
 
     async def ping(self) -> None:
-        await _rc.ping(self._client)
+        await self._bounded("ping", lambda: _rc.ping(self._client, retries=self.retries))
 
     async def aclose(self) -> None:
         if self._owns_client:
@@ -260,7 +344,8 @@ class RedisStore:
             self.validate_hit(one)
             keys.append(self.bucket_key(one.key))
             args += (_ALGORITHM_CODES[one.algorithm], one.limit, one.window_ms, one.cost)
-        reply = await self._run("hit", keys, args)
+        # not repeatable: a hit whose connection broke may already have been counted
+        reply = await self._run("hit", keys, args, repeatable=False)
         return [
             RateLimitDecision(
                 allowed=reply[i] == 1,

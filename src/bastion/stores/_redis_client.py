@@ -15,15 +15,25 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bastion.exceptions import StoreError, StoreUnavailable
 
-__all__ = ["Client", "ClientOptions", "connect", "decodes_responses", "run_script", "split_url"]
+__all__ = [
+    "Client",
+    "ClientOptions",
+    "connect",
+    "decodes_responses",
+    "is_cluster",
+    "ping",
+    "run_script",
+    "split_url",
+]
 
 URL_OPTIONS = (
     "prefix",
+    "call_timeout",
     "hash_tag",
     "socket_timeout",
     "socket_connect_timeout",
@@ -35,8 +45,11 @@ its own options, and the timeouts and pool size it derives other settings from (
 would apply ``?socket_timeout=`` to commands alone, leaving the connect and pool timeouts that
 default to it behind)."""
 
-_FAILURES = (RedisError, RedisClusterException, OSError)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_LOST = (RedisConnectionError, ConnectionError)
+"""Failures after which an operation that is safe to repeat is tried again: the connection
+broke, so the command may or may not have run; a timeout is not among them (the server is
+slow, and asking again would only wait again)."""
 
 
 class Client(Protocol):
@@ -45,6 +58,7 @@ class Client(Protocol):
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]: ...
     def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Awaitable[Any]: ...
     def ping(self) -> Awaitable[Any]: ...
+    def initialize(self) -> Awaitable[Any]: ...
     def aclose(self) -> Awaitable[None]: ...
 
 
@@ -55,7 +69,6 @@ class ClientOptions:
     socket_timeout: float
     connect_timeout: float
     pool_timeout: float
-    retries: int
     max_connections: int | None
 
 
@@ -75,28 +88,61 @@ def _script(name: str) -> _Script:
 def _error(exc: BaseException, operation: str) -> StoreError:
     if isinstance(exc, _UNREACHABLE):
         return StoreUnavailable(f"redis unreachable during {operation}: {exc}")
+    if isinstance(exc, RedisClusterException) and "same key slot" in str(exc):
+        return StoreError(
+            f"redis cluster refused {operation}: its keys span several hash slots (the tiers of "
+            "one request are keyed by different principals); give the store a fixed hash_tag"
+        )
     return StoreError(f"redis failed during {operation}: {exc}")
 
 
-async def run_script(client: Client, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """Run ``lua/<name>.lua`` in one round trip, or two right after the server lost it."""
+async def _evalsha(
+    client: Client, script: _Script, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        # the server's script cache is empty (restart, failover, SCRIPT FLUSH): EVAL runs
+        # the script and caches it again, so only this one call pays a second round trip
+        return await client.eval(script.source, len(keys), *keys, *args)
+
+
+async def run_script(
+    client: Client, name: str, keys: Sequence[str], args: Sequence[Any], *, retries: int = 0
+) -> Any:
+    """Run ``lua/<name>.lua`` in one round trip, or two right after the server lost it.
+
+    ``retries`` is how often to send it again when the connection broke under it; only
+    callers whose script is safe to repeat pass more than 0. Any failure, the client
+    library's own bugs included, leaves as a `StoreError`.
+    """
     script = _script(name)
-    try:
+    attempt = 0
+    while True:
         try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # the server's script cache is empty (restart, failover, SCRIPT FLUSH): EVAL runs
-            # the script and caches it again, so only this one call pays a second round trip
-            return await client.eval(script.source, len(keys), *keys, *args)
-    except _FAILURES as exc:
-        raise _error(exc, name) from exc
+            return await _evalsha(client, script, keys, args)
+        except _LOST as exc:
+            if attempt < retries:
+                attempt += 1
+                continue
+            raise _error(exc, name) from exc
+        except Exception as exc:
+            raise _error(exc, name) from exc
 
 
-async def ping(client: Client) -> None:
-    try:
-        await client.ping()
-    except _FAILURES as exc:
-        raise _error(exc, "ping") from exc
+async def ping(client: Client, *, retries: int = 0) -> None:
+    attempt = 0
+    while True:
+        try:
+            await client.ping()
+            return
+        except _LOST as exc:
+            if attempt < retries:
+                attempt += 1
+                continue
+            raise _error(exc, "ping") from exc
+        except Exception as exc:
+            raise _error(exc, "ping") from exc
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -111,11 +157,17 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
 def connect(url: str, options: ClientOptions, default_max_connections: int) -> Any:
     """A client whose every failure surfaces within the timeouts instead of being retried.
 
+    redis-py never retries on its own (``Retry`` with 0 retries): the store retries what is
+    safe to repeat itself, and a rate-limit hit is never sent twice.
+
     A single server gets a blocking pool: a burst beyond ``max_connections`` waits up to the
     pool timeout for a free connection instead of failing (redis-py's default pool raises at
     once) or opening a connection per request (a connection storm whose connects time out
-    under load). redis-py's cluster pools cannot wait, so a cluster keeps redis-py's larger
-    per-node default unless ``max_connections`` is given.
+    under load). A cluster gets ``max_connections`` per node (redis-py's cluster pools raise
+    rather than wait; the store queues its calls in front of them instead, see
+    `RedisStore`), requires every slot to be covered, and follows a ``MOVED`` by updating
+    that slot alone: redis-py's default rebuilds the whole client every fifth ``MOVED``,
+    closing the connections of every call in flight ("Connection closed by server").
     """
     from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.retry import Retry
@@ -124,23 +176,35 @@ def connect(url: str, options: ClientOptions, default_max_connections: int) -> A
     common: dict[str, Any] = {
         "socket_timeout": options.socket_timeout,
         "socket_connect_timeout": options.connect_timeout,
-        "retry": Retry(NoBackoff(), options.retries),
+        "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
     }
+    max_connections = options.max_connections or default_max_connections
     scheme, _, rest = url.partition("://")
     if scheme.endswith("+cluster"):
         from redis.asyncio.cluster import RedisCluster
 
-        if options.max_connections is not None:
-            common["max_connections"] = options.max_connections
-        return RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **common)
+        return RedisCluster.from_url(
+            f"{scheme.removesuffix('+cluster')}://{rest}",
+            max_connections=max_connections,
+            require_full_coverage=True,
+            reinitialize_steps=0,
+            **common,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
-        max_connections=options.max_connections or default_max_connections,
+        max_connections=max_connections,
         timeout=options.pool_timeout,
         **common,
     )
     return Redis.from_pool(pool)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is redis-py's asyncio `RedisCluster`."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
 
 
 def decodes_responses(client: Any) -> bool:

@@ -4,18 +4,23 @@
 --          in flight, expiry once complete; ms on the caller's clock), r = stored response
 --          (absent while in flight; any bytes).
 -- ARGV     fingerprint, token, lease_ms, now_ms, px (lease_ms plus the store's expiry slack)
--- Returns  {1} when acquired; {0, fingerprint, lease_remaining_ms} while another request holds
---          the lease; {0, fingerprint, 0, response} once a response is stored.
+-- Returns  {1} when acquired (or already held by this very token: the store sends a claim
+--          again when its connection broke, and the first may have run); {0, fingerprint,
+--          lease_remaining_ms} while another request holds the lease; {0, fingerprint, 0,
+--          response} once a response is stored.
 --
 -- Deadlines are judged against the caller's "now", so an injected clock works; the key's PX,
 -- a little longer than the deadline, only lets Redis free what nobody asks for again.
 local now = tonumber(ARGV[4])
-local record = redis.call('HMGET', KEYS[1], 'f', 'd', 'r')
+local record = redis.call('HMGET', KEYS[1], 'f', 'd', 'r', 't')
 if record[1] then
   local deadline = tonumber(record[2])
   if deadline > now then
     if record[3] then
       return {0, record[1], 0, record[3]}
+    end
+    if record[4] == ARGV[2] then
+      return {1}
     end
     return {0, record[1], deadline - now}
   end
