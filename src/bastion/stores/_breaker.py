@@ -81,9 +81,9 @@ class CircuitBreaker:
         if self._opened_at is not None and (
             self._probing or self._clock() - self._opened_at < self.reset_after
         ):
-            self._refuse()
+            self._skip()
 
-    def _refuse(self) -> None:
+    def _skip(self) -> None:
         raise StoreUnavailable(
             f"{self.name} skipped: circuit breaker open after {self._failures} consecutive failures"
         )
@@ -93,7 +93,7 @@ class CircuitBreaker:
         if self._opened_at is None:
             return False
         if self._probing or self._clock() - self._opened_at < self.reset_after:
-            self._refuse()
+            self._skip()
         self._probing = True
         return True
 
