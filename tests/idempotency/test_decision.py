@@ -16,7 +16,6 @@ from bastion.idempotency._decision import (
     Conflict,
     Decision,
     Ending,
-    Replay,
     Verdict,
     decide,
     ending,
@@ -82,8 +81,8 @@ def expected(case: dict[str, Any]) -> str:
 
 
 def described(decision: Decision) -> str:
-    if isinstance(decision, Replay):
-        assert decision.response == STORED
+    if isinstance(decision, StoredResponse):
+        assert decision == STORED
         return "replay"
     if isinstance(decision, Conflict):
         return f"retry-after {decision.retry_after}"
@@ -162,7 +161,7 @@ def test_retry_after_rounds_a_fraction_of_a_second_up() -> None:
 def test_any_stored_bytes_are_replayed_or_unreadable(data: bytes) -> None:
     """Whatever bytes a record holds, the decision is a replay or a 503, never an exception."""
     decision = decide(Claim(False, MINE, data, 0), MINE, IdempotencySettings())
-    assert isinstance(decision, Replay) or decision is Verdict.UNREADABLE
+    assert isinstance(decision, StoredResponse) or decision is Verdict.UNREADABLE
 
 
 ENDING_DIMENSIONS: dict[str, tuple[Any, ...]] = {

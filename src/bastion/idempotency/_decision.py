@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from bastion._core.records import StoredResponse
 from bastion._core.types import Claim
 from bastion.idempotency._settings import IdempotencySettings
 
 __all__ = [
+    "COMPLETED",
+    "MISMATCH",
+    "RELEASE",
+    "RUN",
+    "RUN_UNPROTECTED",
+    "STORE",
+    "UNAVAILABLE",
+    "UNREADABLE",
     "Conflict",
     "Decision",
     "Ending",
-    "Replay",
     "Verdict",
     "decide",
     "ending",
@@ -46,19 +53,15 @@ class Verdict(enum.Enum):
     """The store failed and ``fail_open`` is not set: 503, not run."""
 
 
-class Replay(NamedTuple):
-    """The request already ran with this key: send its stored response back."""
-
-    response: StoredResponse
-
-
 class Conflict(NamedTuple):
     """The key's first request is still running: 409, with ``Retry-After`` in seconds."""
 
     retry_after: int
 
 
-Decision = Verdict | Replay | Conflict
+Decision = Verdict | StoredResponse | Conflict
+"""A `Verdict`, a `Conflict`, or the `StoredResponse` to replay (the request already ran with
+this key: send its response back), which is its own decision rather than wrapped in one."""
 
 
 class Ending(enum.Enum):
@@ -71,6 +74,18 @@ class Ending(enum.Enum):
     RELEASE = "release"
     """Nothing storable (an error status, an unfinished or oversized response): release the
     key so that a retry runs again."""
+
+
+# Looking a member up on an Enum class costs as much as the rest of a decision (Python
+# 3.11), so the hot path names them through these module constants.
+RUN: Final = Verdict.RUN
+MISMATCH: Final = Verdict.MISMATCH
+UNREADABLE: Final = Verdict.UNREADABLE
+RUN_UNPROTECTED: Final = Verdict.RUN_UNPROTECTED
+UNAVAILABLE: Final = Verdict.UNAVAILABLE
+COMPLETED: Final = Ending.COMPLETED
+STORE: Final = Ending.STORE
+RELEASE: Final = Ending.RELEASE
 
 
 def waits(claim: Claim, fingerprint: str, settings: IdempotencySettings) -> bool:
@@ -97,22 +112,22 @@ def decide(claim: Claim, fingerprint: str, settings: IdempotencySettings) -> Dec
     The fingerprint is compared before the stored response is read, so a key reused for
     another request gets its 422 even when the record is unreadable here."""
     if claim.acquired:
-        return Verdict.RUN
+        return RUN
     if claim.fingerprint != fingerprint:
-        return Verdict.MISMATCH
+        return MISMATCH
     if claim.response is None:
         remaining = math.ceil(claim.lease_remaining_ms / 1000)
         return Conflict(max(1, min(settings.conflict_retry_after_seconds, remaining)))
     try:
-        return Replay(StoredResponse.decode(claim.response))
+        return StoredResponse.decode(claim.response)
     except ValueError:
-        return Verdict.UNREADABLE
+        return UNREADABLE
 
 
 def store_failed(settings: IdempotencySettings) -> Verdict:
     """The answer when the store cannot guarantee this request (it raised, or answered
     something that is not a `Claim`, on the claim or while waiting)."""
-    return Verdict.RUN_UNPROTECTED if settings.fail_open else Verdict.UNAVAILABLE
+    return RUN_UNPROTECTED if settings.fail_open else UNAVAILABLE
 
 
 def ending(
@@ -125,7 +140,7 @@ def ending(
     """What to do with the key once the handler is done, from what was sent: ``status`` and
     whether the response was ``complete`` or outgrew the capture (``overflow``)."""
     if completed:
-        return Ending.COMPLETED
+        return COMPLETED
     if complete and not overflow and settings.keeps(status):
-        return Ending.STORE
-    return Ending.RELEASE
+        return STORE
+    return RELEASE

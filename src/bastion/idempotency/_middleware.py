@@ -26,10 +26,12 @@ from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency._capture import ResponseCapture
 from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
 from bastion.idempotency._decision import (
+    COMPLETED,
+    MISMATCH,
+    RUN,
+    RUN_UNPROTECTED,
+    STORE,
     Conflict,
-    Ending,
-    Replay,
-    Verdict,
     decide,
     ending,
     pending,
@@ -308,12 +310,12 @@ class _Request(IdempotencyContext):
             return
         # decided outside the store's failure policy: a record that cannot be read ran already
         decision = decide(claim, self.fingerprint, mw.settings)
-        if decision is Verdict.RUN:
+        if decision is RUN:
             await self._execute(receive)
-        elif type(decision) is Replay:
+        elif type(decision) is StoredResponse:
             mw.observer.idempotency(scope, "replayed")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await self._replay(decision.response)
+            await self._replay(decision)
         elif type(decision) is Conflict:
             await mw._refuse(
                 scope,
@@ -325,7 +327,7 @@ class _Request(IdempotencyContext):
                 "A request with this key is still being processed; retry later.",
                 headers=[(b"retry-after", str(decision.retry_after).encode())],
             )
-        elif decision is Verdict.MISMATCH:
+        elif decision is MISMATCH:
             await mw._refuse(
                 scope,
                 self.send,
@@ -353,7 +355,7 @@ class _Request(IdempotencyContext):
     async def _unprotected(self, receive: Receive) -> None:
         """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
         mw, scope = self.mw, self.scope
-        if store_failed(mw.settings) is Verdict.RUN_UNPROTECTED:
+        if store_failed(mw.settings) is RUN_UNPROTECTED:
             mw.observer.idempotency(scope, "store_error")
             await mw.app(scope, receive, self.send)
             return
@@ -482,12 +484,12 @@ class _Request(IdempotencyContext):
             end = ending(
                 self.completed, capture.status, capture.complete, capture.overflow, mw.settings
             )
-        if end is Ending.COMPLETED:
+        if end is COMPLETED:
             self._check_sent(self.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
         try:
-            if capture is not None and end is Ending.STORE:
+            if capture is not None and end is STORE:
                 data = encode_response(capture.status, capture.headers, capture.body)
                 stored = await timed(
                     mw.observer,
