@@ -475,21 +475,18 @@ class _Request(IdempotencyContext):
                 "response after completing it)"
             )
 
-    async def _finish(self, capture: ResponseCapture | None) -> None:
+    async def _finish(self, capture: ResponseCapture) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
-        if capture is None:
-            end = ending(self.completed, 0, False, False, mw.settings)
-        else:
-            end = ending(
-                self.completed, capture.status, capture.complete, capture.overflow, mw.settings
-            )
+        end = ending(
+            self.completed, capture.status, capture.complete, capture.overflow, mw.settings
+        )
         if end is COMPLETED:
             self._check_sent(self.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
         try:
-            if capture is not None and end is STORE:
+            if end is STORE:
                 data = encode_response(capture.status, capture.headers, capture.body)
                 stored = await timed(
                     mw.observer,
