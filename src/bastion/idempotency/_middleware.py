@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import re
 from collections.abc import Awaitable, Iterable
@@ -26,6 +25,19 @@ from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.idempotency._capture import ResponseCapture
 from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
+from bastion.idempotency._decision import (
+    COMPLETED,
+    MISMATCH,
+    RUN,
+    RUN_UNPROTECTED,
+    STORE,
+    Conflict,
+    decide,
+    ending,
+    pending,
+    store_failed,
+    waits,
+)
 from bastion.idempotency._fingerprint import fingerprint
 from bastion.idempotency._keys import (
     InvalidKey,
@@ -289,29 +301,33 @@ class _Request(IdempotencyContext):
         mw, scope = self.mw, self.scope
         try:
             claim = _checked(await self._first_claim())
-            if (
-                mw.settings.wait
-                and not claim.acquired
-                and claim.response is None
-                and claim.fingerprint == self.fingerprint
-            ):
+            if waits(claim, self.fingerprint, mw.settings):
                 claim = await self._wait(claim)
         except Exception as exc:
             # whatever a store raises or answers is its failure, for the policy to answer
             store_failures.warning(_failure("on claim", exc))
             await self._unprotected(receive)
             return
-        if claim.acquired:
+        # decided outside the store's failure policy: a record that cannot be read ran already
+        decision = decide(claim, self.fingerprint, mw.settings)
+        if decision is RUN:
             await self._execute(receive)
-            return
-        stored = None
-        if claim.response is not None and claim.fingerprint == self.fingerprint:
-            try:
-                stored = StoredResponse.decode(claim.response)
-            except ValueError:
-                await self._unreadable()
-                return
-        if claim.fingerprint != self.fingerprint:
+        elif type(decision) is StoredResponse:
+            mw.observer.idempotency(scope, "replayed")
+            scope[ANSWERED_SCOPE_KEY] = "idempotency"
+            await self._replay(decision)
+        elif type(decision) is Conflict:
+            await mw._refuse(
+                scope,
+                self.send,
+                "conflict_in_flight",
+                409,
+                "idempotency-key-in-flight",
+                "Request in progress",
+                "A request with this key is still being processed; retry later.",
+                headers=[(b"retry-after", str(decision.retry_after).encode())],
+            )
+        elif decision is MISMATCH:
             await mw._refuse(
                 scope,
                 self.send,
@@ -321,29 +337,14 @@ class _Request(IdempotencyContext):
                 "Idempotency-Key reused",
                 "This key was already used for a different request (method, path, query or body).",
             )
-        elif stored is not None:
-            mw.observer.idempotency(scope, "replayed")
-            scope[ANSWERED_SCOPE_KEY] = "idempotency"
-            await self._replay(stored)
         else:
-            remaining = math.ceil(claim.lease_remaining_ms / 1000)
-            retry_after = max(1, min(mw.settings.conflict_retry_after_seconds, remaining))
-            await mw._refuse(
-                scope,
-                self.send,
-                "conflict_in_flight",
-                409,
-                "idempotency-key-in-flight",
-                "Request in progress",
-                "A request with this key is still being processed; retry later.",
-                headers=[(b"retry-after", str(retry_after).encode())],
-            )
+            await self._unreadable()
 
     async def _wait(self, claim: Claim) -> Claim:
         """Poll until the first request finishes, its lease ends, or the wait bound passes."""
         delay = _WAIT_FIRST_POLL
         with anyio.move_on_after(self.mw.settings.wait_timeout_seconds):
-            while not claim.acquired and claim.response is None:
+            while pending(claim):
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _WAIT_MAX_POLL)
                 # a claim cut short by the timeout could hold the key with nobody running it
@@ -354,7 +355,7 @@ class _Request(IdempotencyContext):
     async def _unprotected(self, receive: Receive) -> None:
         """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
         mw, scope = self.mw, self.scope
-        if mw.settings.fail_open:
+        if store_failed(mw.settings) is RUN_UNPROTECTED:
             mw.observer.idempotency(scope, "store_error")
             await mw.app(scope, receive, self.send)
             return
@@ -460,11 +461,6 @@ class _Request(IdempotencyContext):
             mw.observer.idempotency(self.scope, "lease_lost")
         return held
 
-    def _storable(self, capture: ResponseCapture | None) -> bool:
-        if capture is None or not capture.complete or capture.overflow:
-            return False
-        return self.mw.settings.keeps(capture.status)
-
     def _check_sent(self, stored: bytes | None, capture: ResponseCapture | None) -> None:
         """Warn when the handler stored one response in its transaction and sent another:
         retries would replay the stored one. Something between this middleware and the
@@ -479,15 +475,18 @@ class _Request(IdempotencyContext):
                 "response after completing it)"
             )
 
-    async def _finish(self, capture: ResponseCapture | None) -> None:
+    async def _finish(self, capture: ResponseCapture) -> None:
         """Store the captured response, or release the key so a retry runs again."""
         mw, scope = self.mw, self.scope
-        if self.completed:
+        end = ending(
+            self.completed, capture.status, capture.complete, capture.overflow, mw.settings
+        )
+        if end is COMPLETED:
             self._check_sent(self.response, capture)
             mw.observer.idempotency(scope, "stored")
             return
         try:
-            if capture is not None and self._storable(capture):
+            if end is STORE:
                 data = encode_response(capture.status, capture.headers, capture.body)
                 stored = await timed(
                     mw.observer,
