@@ -19,6 +19,7 @@ from bastion.stores import MemoryStore, RateLimitHit
 from bastion.stores._redis import MAX_TIER_SPAN
 from tests.conftest import FakeClock
 from tests.stores.conftest import REDIS_STORES
+from tests.stores.rate_model import SKEWED_STEPS, Model, MutableClock
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +90,26 @@ async def test_redis_decisions_equal_memory_decisions(
             request = [hits[i % len(hits)] for i in chosen]
             request = list({h.key: h for h in request}.values())
             assert await redis_store.hit(request) == await memory.hit(request)
+
+
+@pytest.mark.parametrize("factory", REDIS_STORES)
+@given(tiers=st.lists(SMALL_TIERS, min_size=1, max_size=4), steps=SKEWED_STEPS)
+async def test_redis_decisions_equal_the_model_under_clock_skew(
+    factory: Any,
+    tiers: list[tuple[str, int, int, int]],
+    steps: list[tuple[int, int, list[int]]],
+) -> None:
+    """Requests from workers whose clocks lag or lead get the Python model's decisions."""
+    hits = [
+        RateLimitHit(key=f"t{i}", algorithm=a, limit=limit, window_ms=w, cost=cost)  # type: ignore[arg-type]
+        for i, (a, limit, w, cost) in enumerate(tiers)
+    ]
+    true_ms = 1_800_000_000_123
+    clock = MutableClock(true_ms)
+    model = Model()
+    async with factory(clock, expiry_slack_ms=3_600_000) as redis_store:
+        for advance, error, chosen in steps:
+            true_ms += advance
+            clock.ms = true_ms + error
+            request = list({hits[i % len(hits)].key: hits[i % len(hits)] for i in chosen}.values())
+            assert await redis_store.hit(request) == model.hit(request, clock.ms)

@@ -23,6 +23,7 @@ from bastion.stores import RateLimitHit
 from bastion.stores.sql import SQLStore, build_metadata, define_tables, metadata
 from bastion.stores.sql._dialects import dialect_for
 from bastion.stores.sql._errors import is_transient, wrap
+from bastion.stores.sql._functions import drop_ddl
 from tests.conftest import FakeClock, service_url
 
 pytestmark = pytest.mark.anyio
@@ -283,6 +284,10 @@ _POSTGRES = {
     "claim, replay": ["WITH"],
     "claim, lapsed": ["WITH"],
     "claim, take over": ["WITH", "UPDATE"],
+    # one SELECT of the decision function: it locks, decides and writes every tier
+    "hit, allowed": ["SELECT"],
+    "hit, denied": ["SELECT"],
+    "hit, 3 tiers": ["SELECT"],
 }
 
 
@@ -509,3 +514,17 @@ async def test_a_blocked_statement_fails_instead_of_hanging(variable: str) -> No
             await conn.run_sync(other.metadata.drop_all)
         await other.aclose()
         await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_installs_a_missing_decision_function(clock: FakeClock) -> None:
+    """Tables made by a migration or an older bastion lack the decision function: the first
+    decision installs it and is answered, not failed."""
+    from tests.stores.conftest import postgres_store
+
+    async with postgres_store(clock) as store:
+        async with store.engine.begin() as conn:
+            for ddl in drop_ddl(store.tables.buckets.name.removesuffix("buckets")):
+                await conn.exec_driver_sql(ddl)
+        assert [d.allowed for d in await store.hit([_hit("a", limit=1)])] == [True]
+        assert [d.allowed for d in await store.hit([_hit("a", limit=1)])] == [False]

@@ -11,27 +11,48 @@ A state is three integers whose meaning depends on the algorithm:
   window length.
 - ``sliding_window``: (current window start, count in it, count in the previous window). The
   previous window's count is weighted by how much of it still overlaps the sliding window.
-- ``gcra``: (theoretical arrival time in ms, remainder in 1/limit ms, 0). A bucket of ``limit``
-  tokens refilled at one token per ``window / limit``; a full bucket allows a burst of ``limit``.
+- ``gcra``: (theoretical arrival time in ms, remainder in 1/limit ms, time of the last
+  decision in ms). A bucket of ``limit`` tokens refilled at one token per ``window / limit``; a
+  full bucket allows a burst of ``limit``.
+
+Each worker passes its own clock, and clocks differ. A bucket carries its own time (the window
+start, or GCRA's last decision), and a caller whose ``now`` is behind it decides as of the
+bucket's time instead: it joins the window another worker opened rather than taking the bucket
+for empty and starting an older window over it, which let two workers 0.25 s apart admit
+several times the limit. A bucket time more than `MAX_CLOCK_LEAD_MS` ahead is a broken clock's,
+and is ignored rather than trusted (it would otherwise hold the bucket until that time comes).
 """
 
 from __future__ import annotations
 
 from bastion._core.types import RateLimitDecision, RateLimitHit
 
-__all__ = ["State", "decide", "expires_at"]
+__all__ = ["MAX_CLOCK_LEAD_MS", "State", "decide", "expires_at"]
 
 State = tuple[int, int, int]
+
+MAX_CLOCK_LEAD_MS = 60_000
+"""How far ahead of a caller's clock a bucket's time may be and still be trusted (ms)."""
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _as_of(state: State | None, now: int, at: int) -> tuple[State | None, int]:
+    """The state and time to decide with, given the bucket's own time ``state[at]``."""
+    if state is None or state[at] <= now:
+        return state, now
+    if state[at] - now > MAX_CLOCK_LEAD_MS:
+        return None, now
+    return state, state[at]
+
+
 def fixed_window(
     hit: RateLimitHit, state: State | None, now: int
 ) -> tuple[RateLimitDecision, State]:
     window, limit = hit.window_ms, hit.limit
+    state, now = _as_of(state, now, 0)
     start = now - now % window
     count = state[1] if state is not None and state[0] == start else 0
     allowed = count + hit.cost <= limit
@@ -52,6 +73,7 @@ def sliding_window(
     hit: RateLimitHit, state: State | None, now: int
 ) -> tuple[RateLimitDecision, State]:
     window, limit, cost = hit.window_ms, hit.limit, hit.cost
+    state, now = _as_of(state, now, 0)
     start = now - now % window
     current = previous = 0
     if state is not None:
@@ -99,6 +121,7 @@ def _sliding_retry_after(
 
 def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDecision, State]:
     window, limit, cost = hit.window_ms, hit.limit, hit.cost
+    state, now = _as_of(state, now, 2)
     # times below are in 1/limit ms, so one token's emission interval is exactly `window`
     backlog = 0
     if state is not None:
@@ -111,8 +134,8 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
         retry_after = 0
     else:
         retry_after = _ceil_div(wanted - capacity, limit)
-    # a backlog above capacity (the window was shortened, or a process with a lagging clock
-    # reads a bucket) is a bucket more than empty: nothing remains, never a negative amount
+    # a backlog above capacity (the window was shortened) is a bucket more than empty:
+    # nothing remains, never a negative amount
     remaining = max(0, (capacity - backlog) // window)
     # the next token is back when the backlog has drained to fit one more than `remaining`
     reset = _ceil_div(backlog + (remaining + 1) * window - capacity, limit) if backlog else 0
@@ -123,7 +146,7 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
         reset_ms=reset,
         retry_after_ms=retry_after,
     )
-    return decision, (now + backlog // limit, backlog % limit, 0)
+    return decision, (now + backlog // limit, backlog % limit, now)
 
 
 _ALGORITHMS = {"fixed_window": fixed_window, "sliding_window": sliding_window, "gcra": gcra}

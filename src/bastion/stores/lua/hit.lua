@@ -11,7 +11,7 @@
 -- Returns  four integers per bucket: allowed (1/0), remaining, reset_ms, retry_after_ms.
 -- Buckets are written (SET ... PX, the TTL set with the value) only when every tier allows;
 -- the TTL outlives the state by the slack, so a process whose clock lags a little behind still
--- finds it.
+-- finds it, and then decides as of the bucket's own time (see as_of).
 
 local function idiv(a, b) -- floor(a / b), exact for |a|, b < 2^52
   local q = math.floor(a / b)
@@ -27,7 +27,22 @@ local function ceil_div(a, b)
   return -idiv(-a, b)
 end
 
+local MAX_CLOCK_LEAD_MS = 60000 -- bastion._core.algorithms.MAX_CLOCK_LEAD_MS
+
+-- a caller whose clock is behind the bucket's own time (state[at]) decides as of the latter;
+-- a bucket time more than MAX_CLOCK_LEAD_MS ahead is a broken clock's and is ignored
+local function as_of(state, now, at)
+  if not state or state[at] <= now then
+    return state, now
+  end
+  if state[at] - now > MAX_CLOCK_LEAD_MS then
+    return nil, now
+  end
+  return state, state[at]
+end
+
 local function fixed_window(limit, window, cost, state, now)
+  state, now = as_of(state, now, 1)
   local start = idiv(now, window) * window
   local count = 0
   if state and state[1] == start then
@@ -66,6 +81,7 @@ local function sliding_retry_after(limit, window, cost, current, previous, elaps
 end
 
 local function sliding_window(limit, window, cost, state, now)
+  state, now = as_of(state, now, 1)
   local start = idiv(now, window) * window
   local current, previous = 0, 0
   if state then
@@ -95,6 +111,7 @@ local function sliding_window(limit, window, cost, state, now)
 end
 
 local function gcra(limit, window, cost, state, now)
+  state, now = as_of(state, now, 3)
   -- times in 1/limit ms, so one token's emission interval is exactly `window`
   local backlog = 0
   if state then
@@ -116,7 +133,7 @@ local function gcra(limit, window, cost, state, now)
     reset = ceil_div(backlog + (remaining + 1) * window - capacity, limit)
   end
   local tat = now + idiv(backlog, limit)
-  local state_out = {tat, backlog - idiv(backlog, limit) * limit, 0}
+  local state_out = {tat, backlog - idiv(backlog, limit) * limit, now}
   return allowed, remaining, reset, retry, state_out, tat + 1
 end
 

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.exceptions import ConfigurationError
+from bastion.stores.sql._functions import function_name
 from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
 __all__ = ["Dialect", "dialect_for"]
@@ -44,6 +45,9 @@ class Dialect:
     binary_keys = False
     autocommit = False
     """Run single statements outside a transaction (saves a BEGIN and a COMMIT round trip)."""
+    decide_hits: Executable | None = None
+    """One statement deciding every tier in the database (PostgreSQL's function), or None:
+    the store then locks the buckets, decides in Python and writes them in a transaction."""
 
     def __init__(self, tables: SQLTables) -> None:
         self.tables = tables
@@ -189,6 +193,11 @@ class PostgreSQL(Dialect):
 
     def __init__(self, tables: SQLTables) -> None:
         super().__init__(tables)
+        function = function_name(tables.buckets.name.removesuffix("buckets"))
+        self.decide_hits = text(
+            f"SELECT allowed, remaining, reset_ms, retry_after_ms FROM {function}"
+            "(:p_keys, :p_algorithms, :p_limits, :p_windows, :p_costs, :p_now)"
+        )
         r = tables.records
         # One round trip: the insert, and the row it ran into. The main query cannot see a
         # row the CTE inserted, and may miss one committed after its snapshot began: both

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table
+from sqlalchemy import DDL, BigInteger, Column, Index, LargeBinary, MetaData, String, Table, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
 from bastion.exceptions import ConfigurationError
+from bastion.stores.sql._functions import drop_ddl, function_ddl
 
 __all__ = ["DEFAULT_PREFIX", "KEY_BYTES", "SQLTables", "build_metadata", "define_tables"]
 
@@ -44,6 +45,14 @@ class SQLTables:
     records: Table
     buckets: Table
 
+    def function_ddl(self) -> list[str]:
+        """The statements that create (or replace) the PostgreSQL function deciding rate
+        limits in one round trip. `SQLStore.create_tables` and ``metadata.create_all`` run
+        them, and the store itself does on first use if they are missing; a migration that
+        creates the tables may run them too (``for s in tables.function_ddl(): op.execute(s)``).
+        """
+        return function_ddl(self.buckets.name.removesuffix("buckets"))
+
 
 def _records(metadata: MetaData, prefix: str) -> Table:
     name = f"{prefix}records"
@@ -63,7 +72,7 @@ def _records(metadata: MetaData, prefix: str) -> Table:
 
 def _buckets(metadata: MetaData, prefix: str) -> Table:
     name = f"{prefix}buckets"
-    return Table(
+    table = Table(
         name,
         metadata,
         Column("key", _exact(KEY_BYTES), primary_key=True),
@@ -75,6 +84,12 @@ def _buckets(metadata: MetaData, prefix: str) -> Table:
         Column("expires_at", BigInteger, nullable=False),
         Index(f"ix_{name}_expires_at", "expires_at"),
     )
+    # DDL runs its text through %-formatting; the function bodies use mod(), never %
+    for when, statements in (("after_create", function_ddl), ("before_drop", drop_ddl)):
+        for statement in statements(prefix):
+            ddl = DDL(statement)  # type: ignore[no-untyped-call]
+            event.listen(table, when, ddl.execute_if(dialect="postgresql"))
+    return table
 
 
 def check_prefix(prefix: str) -> str:

@@ -44,6 +44,8 @@ _TIMEOUT_ARGS = {
     "asyncpg": ("timeout", "command_timeout"),
     "asyncmy": ("connect_timeout", "read_timeout"),
 }
+_ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
+_UNDEFINED_FUNCTION = "42883"
 _DRIVER_EXTRAS = {"asyncpg": "postgres", "aiosqlite": "sqlite", "asyncmy": "mysql"}
 """The extra that installs each driver bastion is tested with."""
 
@@ -211,6 +213,10 @@ class SQLStore:
             try:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(self.metadata.create_all, tables=tables)
+                    if self._dialect.decide_hits is not None:
+                        # tables from an older bastion: add (or replace) this version's function
+                        for ddl in self.tables.function_ddl():
+                            await conn.exec_driver_sql(ddl)
                 return
             except CAUGHT as exc:
                 # another process created a table first: done if it made both, else go on
@@ -358,6 +364,8 @@ class SQLStore:
             return []
         dialect = self._dialect
         keys = [dialect.key(one.key) for one in hits]
+        if dialect.decide_hits is not None:
+            return await self._decide_in_database(dialect.decide_hits, hits, keys)
         ordered = sorted(set(keys))
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
@@ -382,3 +390,33 @@ class SQLStore:
             return decisions
 
         return await self._run("hit", work)
+
+    async def _decide_in_database(
+        self, statement: Any, hits: Sequence[RateLimitHit], keys: list[Any]
+    ) -> list[RateLimitDecision]:
+        """One autocommit statement: the database function locks, decides and writes."""
+        params: dict[str, Any] = {
+            "p_keys": keys,
+            "p_algorithms": [_ALGORITHM_CODES[one.algorithm] for one in hits],
+            "p_limits": [one.limit for one in hits],
+            "p_windows": [one.window_ms for one in hits],
+            "p_costs": [one.cost for one in hits],
+        }
+
+        async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
+            params["p_now"] = self._now()
+            try:
+                rows = (await conn.execute(statement, params)).all()
+            except sa_exc.DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _UNDEFINED_FUNCTION:
+                    raise
+                # tables made by a migration, or by an older bastion: install this version's
+                for ddl in self.tables.function_ddl():
+                    await conn.exec_driver_sql(ddl)
+                rows = (await conn.execute(statement, params)).all()
+            return [
+                RateLimitDecision(bool(row[0]), one.limit, int(row[1]), int(row[2]), int(row[3]))
+                for one, row in zip(hits, rows, strict=True)
+            ]
+
+        return await self._run("hit", work, single=True)
