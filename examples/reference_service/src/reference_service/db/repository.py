@@ -157,18 +157,25 @@ class Repository:
     async def intent(self, intent_id: str) -> Intent | None:
         return await self.session.get(Intent, intent_id)
 
-    async def take_intent(self, intent_id: str, now: datetime) -> Intent | None:
-        """Move an intent to PROCESSING for one job; None when it is not PENDING or FAILED.
+    async def take_intent(
+        self, intent_id: str, now: datetime, *, failed: bool = True, abandoned: bool = False
+    ) -> Intent | None:
+        """Move an intent to PROCESSING for one job; None when the job may not take it.
 
-        FAILED is taken too: only an operator's retry from the dead-letter queue enqueues a
-        job for a failed intent.
+        A PENDING intent is always taken. ``failed``: a FAILED one too (an operator retried
+        it from the dead-letter queue; a job still running when the sweeper failed its
+        intent must not settle it behind the operator's back). ``abandoned``: a PROCESSING
+        one too (the queue gave the job back after its worker died mid-try). Taking twice is
+        harmless: the chain deduplicates the transfer and `settle_intent` settles once.
         """
+        statuses = [IntentStatus.PENDING.value]
+        if failed:
+            statuses.append(IntentStatus.FAILED.value)
+        if abandoned:
+            statuses.append(IntentStatus.PROCESSING.value)
         result = await self.session.execute(
             update(Intent)
-            .where(
-                Intent.id == intent_id,
-                Intent.status.in_([IntentStatus.PENDING.value, IntentStatus.FAILED.value]),
-            )
+            .where(Intent.id == intent_id, Intent.status.in_(statuses))
             .values(
                 status=IntentStatus.PROCESSING.value,
                 locked_at=now,
@@ -243,6 +250,10 @@ class Repository:
         stmt = select(Intent).where(
             Intent.status == IntentStatus.PROCESSING.value, Intent.locked_at < locked_before
         )
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def settled_intents(self) -> Sequence[Intent]:
+        stmt = select(Intent).where(Intent.status == IntentStatus.SETTLED.value)
         return (await self.session.execute(stmt)).scalars().all()
 
     async def pending_intents(self, created_before: datetime, limit: int = 500) -> Sequence[Intent]:
