@@ -191,7 +191,7 @@ class ReferenceService:
             reason = reason or type(exc).__name__
             with anyio.CancelScope(shield=True):
                 async with self.db.write() as repo:
-                    await repo.release_intent(intent_id, reason)
+                    await repo.release_intent(intent_id, reason, intent.attempts)
             raise
         now = self.now()
         async with self.db.write() as repo:

@@ -187,18 +187,27 @@ class Repository:
             return None
         return await self.session.get(Intent, intent_id, populate_existing=True)
 
-    async def _move(self, intent_id: str, to: IntentStatus, **values: object) -> bool:
+    async def _move(
+        self, intent_id: str, to: IntentStatus, attempt: int | None = None, **values: object
+    ) -> bool:
+        """PROCESSING to ``to``; with ``attempt``, only for the try that took it (a fencing
+        token: a try whose intent was taken over after it was presumed dead changes nothing)."""
+        where = [Intent.id == intent_id, Intent.status == IntentStatus.PROCESSING.value]
+        if attempt is not None:
+            where.append(Intent.attempts == attempt)
         result = await self.session.execute(
             update(Intent)
-            .where(Intent.id == intent_id, Intent.status == IntentStatus.PROCESSING.value)
+            .where(*where)
             .values(status=to.value, **values)
             .execution_options(synchronize_session=False)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
-    async def release_intent(self, intent_id: str, error: str) -> bool:
+    async def release_intent(self, intent_id: str, error: str, attempt: int | None = None) -> bool:
         """A failed try: back to PENDING for the next one, with the reason."""
-        return await self._move(intent_id, IntentStatus.PENDING, locked_at=None, last_error=error)
+        return await self._move(
+            intent_id, IntentStatus.PENDING, attempt, locked_at=None, last_error=error
+        )
 
     async def fail_intent(self, intent_id: str, error: str) -> bool:
         """The last try failed (or the sweeper found it stuck): FAILED, for the DLQ."""
@@ -216,7 +225,12 @@ class Repository:
     async def settle_intent(self, intent: Intent, tx_hash: str, now: datetime) -> bool:
         """SETTLED, with the two ledger entries and the claim, or nothing if it moved on."""
         if not await self._move(
-            intent.id, IntentStatus.SETTLED, tx_hash=tx_hash, settled_at=now, locked_at=None
+            intent.id,
+            IntentStatus.SETTLED,
+            intent.attempts,
+            tx_hash=tx_hash,
+            settled_at=now,
+            locked_at=None,
         ):
             return False
         self.session.add_all(

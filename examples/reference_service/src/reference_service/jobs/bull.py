@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import bullmq
+import bullmq  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
 from reference_service.jobs.queue import (
