@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 WEI_PER_ETH = 10**18
-GAS_PRICE_WEI = 2 * 10**9
+GWEI = 10**9
+GAS_PRICE_WEI = 2 * GWEI
 """2 gwei."""
 DISTRIBUTOR = "0x" + keccak256(b"bastion rewards distributor")[-20:].hex()
 REGISTRY = "0x" + keccak256(b"bastion wallet registry")[-20:].hex()
@@ -176,7 +177,8 @@ class SimulatedChain:
         self.fail_rate, self.hang_rate = fail_rate, hang_rate
 
 
-# KEYS: receipts hash, balance, block counter. ARGV: tx hash, gas used, cost, initial balance.
+# KEYS: receipts hash, balance (gwei: wei overflow Redis integers), block counter.
+# ARGV: tx hash, gas used, cost in gwei, initial balance in gwei.
 # One script, so two processes sending the same transaction pay for it once.
 _SEND = """
 local known = redis.call('HGET', KEYS[1], ARGV[1])
@@ -214,7 +216,7 @@ class RedisChain:
     ) -> None:
         self.chain_id = chain_id
         self._redis = client
-        self._initial = int(balance_eth * WEI_PER_ETH)
+        self._initial = int(balance_eth * WEI_PER_ETH) // GWEI
         self._defaults = (fail_rate, hang_rate)
         self._random = random.Random(seed)
         base = f"{prefix}:chain:{chain_id}"
@@ -253,7 +255,7 @@ class RedisChain:
         gas_used = 21_000 + (len(tx.data) - 2) // 2 * 16
         raw = await self._send(
             keys=[self._receipts, self._balance, self._blocks],
-            args=[tx_hash, gas_used, gas_used * GAS_PRICE_WEI, self._initial],
+            args=[tx_hash, gas_used, gas_used * GAS_PRICE_WEI // GWEI, self._initial],
         )
         if raw is None:
             raise RelayerError("the relayer cannot pay for gas: top up its balance")
@@ -271,7 +273,7 @@ class RedisChain:
 
     async def balance_wei(self) -> int:
         raw = await self._redis.get(self._balance)
-        return self._initial if raw is None else int(raw)
+        return (self._initial if raw is None else int(raw)) * GWEI
 
     async def ping(self) -> None:
         await self._redis.ping()

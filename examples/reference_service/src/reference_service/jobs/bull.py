@@ -321,9 +321,10 @@ class QueueWorkers:
                 {"attempts": 1, "removeOnComplete": 100, "removeOnFail": 100},
             )
 
-    async def close(self) -> None:
-        """Stop taking jobs and wait for the active ones (each bounded by its timeout)."""
-        await asyncio.gather(*(worker.close() for worker in self._workers))
+    async def close(self, *, force: bool = False) -> None:
+        """Stop taking jobs and wait for the active ones (each bounded by its timeout);
+        ``force`` cancels them instead (BullMQ redelivers them as stalled)."""
+        await asyncio.gather(*(worker.close(force) for worker in self._workers))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._workers.clear()
         self._tasks.clear()
