@@ -4,6 +4,7 @@ a unique BullMQ/Redis key prefix per test, and helpers shared by the real-mode t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -249,6 +250,7 @@ async def eventually(
             await anyio.sleep(every)
 
 
+@contextlib.asynccontextmanager
 async def start_real(
     settings: ServiceSettings, *, workers: bool, environ: dict[str, str] | None = None
 ) -> AsyncIterator[Real]:

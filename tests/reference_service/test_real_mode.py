@@ -40,7 +40,7 @@ async def real(
     pg_url: str, redis_url: str, prefix: str, overrides: dict[str, Any]
 ) -> AsyncIterator[Real]:
     settings = real_settings(pg_url, redis_url, prefix, **overrides)
-    async for harness in start_real(settings, workers=True):
+    async with start_real(settings, workers=True) as harness:
         yield harness
 
 
