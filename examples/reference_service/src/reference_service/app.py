@@ -47,7 +47,7 @@ from reference_service.jobs.memory import InProcessQueue
 from reference_service.jobs.queue import JobQueue
 from reference_service.problems import install
 from reference_service.relayer import Relayer
-from reference_service.routes import admin, claims, health, v2, webhook
+from reference_service.routes import admin, admin_page, claims, health, v2, webhook
 from reference_service.service import ReferenceService
 from reference_service.settings import ServiceSettings
 
@@ -166,7 +166,7 @@ def create_app(
     )
     app.state.service = service
     install(app)
-    for module in (claims, v2, webhook, admin, health):
+    for module in (claims, v2, webhook, admin, admin_page, health):
         app.include_router(module.router)
     app.router.routes.append(Route("/metrics", _MetricsEndpoint(service), methods=["GET", "HEAD"]))
     return app
