@@ -47,11 +47,11 @@ from reference_service.jobs.memory import InProcessQueue
 from reference_service.jobs.queue import JobQueue
 from reference_service.problems import install
 from reference_service.relayer import Relayer
-from reference_service.routes import admin, claims, health, v2, webhook
+from reference_service.routes import admin, admin_page, claims, health, v2, webhook
 from reference_service.service import ReferenceService
 from reference_service.settings import ServiceSettings
 
-__all__ = ["create_app", "rate_limit_tiers"]
+__all__ = ["app_from_env", "create_app", "rate_limit_tiers"]
 
 logger = logging.getLogger("reference_service")
 
@@ -89,6 +89,7 @@ class _MetricsEndpoint:
             with anyio.fail_after(2.0):
                 async with service.db.read() as repo:
                     await service.metrics.refresh(repo, service.queue, service.relayer)
+                service.metrics.reconciled(await service.last_reconciliation())
         except Exception:  # a scrape still answers, with the last known values
             logger.warning("refreshing the domain metrics failed", exc_info=True)
         await self.exposition(scope, receive, send)
@@ -165,7 +166,13 @@ def create_app(
     )
     app.state.service = service
     install(app)
-    for module in (claims, v2, webhook, admin, health):
+    for module in (claims, v2, webhook, admin, admin_page, health):
         app.include_router(module.router)
     app.router.routes.append(Route("/metrics", _MetricsEndpoint(service), methods=["GET", "HEAD"]))
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app from the environment: uvicorn's factory for ``serve --workers N``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return create_app()

@@ -39,6 +39,87 @@ async def _check(url: str) -> None:
         await engine.dispose()
 
 
+def _preflight(settings: ServiceSettings) -> bool:
+    """Real mode: one line naming the missing server (or migration) and how to fix it."""
+    from reference_service.runtime import Unavailable, preflight
+
+    try:
+        asyncio.run(preflight(settings))
+    except Unavailable as exc:
+        print(f"bastion-service: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _reachable(settings: ServiceSettings) -> bool:
+    """The database answers (migrate's own pre-flight: it must not need a migration)."""
+    from sqlalchemy import text
+
+    from reference_service.db.engine import create_engine
+
+    async def ping() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(ping(), 5.0))
+    except Exception as exc:
+        print(
+            f"bastion-service: cannot reach the database at {_shown(settings.database_url)} "
+            f"({type(exc).__name__}): start it or set DATABASE_URL",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def serve_real(settings: ServiceSettings, host: str, port: int, workers: int, queue: int) -> int:
+    """API processes (uvicorn workers) and queue-worker processes, stopped together."""
+    import os
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    if not _preflight(settings):
+        return 1
+    os.environ["BASTION_SERVICE_MODE"] = "real"
+    print(
+        f"bastion-service: real mode, {workers} API process(es) on http://{host}:{port}, "
+        f"{queue} queue worker(s); database {_shown(settings.database_url)}",
+        file=sys.stderr,
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-m", "reference_service.cli", "worker"])
+        for _ in range(queue)
+    ]
+    try:
+        uvicorn.run(
+            "reference_service.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+        )
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait()
+    return 0
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def serve(settings: ServiceSettings, host: str, port: int, migrate: bool) -> int:
     import uvicorn
 
@@ -70,8 +151,17 @@ def worker(settings: ServiceSettings) -> int:
             file=sys.stderr,
         )
         return 2
-    print("bastion-service: the real mode's workers are not part of this build", file=sys.stderr)
-    return 2
+    import logging
+
+    import anyio
+
+    from reference_service.runtime import run_worker
+
+    if not _preflight(settings):
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    anyio.run(run_worker, settings)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd = commands.add_parser("serve", help="run the HTTP service")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument(
+        "--mode",
+        choices=["embedded", "real"],
+        help="embedded (no servers) or real (PostgreSQL, Redis, queue workers); "
+        "default: BASTION_SERVICE_MODE or BASTION_MODE, else embedded",
+    )
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="real mode: API processes (uvicorn workers)"
+    )
+    serve_cmd.add_argument(
+        "--queue-workers",
+        type=int,
+        default=0,
+        help="real mode: queue-worker processes to start beside the API (default 0: run "
+        "`bastion-service worker` yourself)",
+    )
     serve_cmd.add_argument(
         "--no-migrate",
         action="store_true",
@@ -91,14 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     tour_cmd.add_argument("url", nargs="?", default="http://127.0.0.1:8000")
     tour_cmd.add_argument("--no-color", action="store_true", help="plain output")
     args = parser.parse_args(argv)
+    overrides = {"mode": args.mode} if getattr(args, "mode", None) else {}
     try:
-        settings = ServiceSettings.from_env()
+        settings = ServiceSettings.from_env(**overrides)
     except SettingsError as exc:
         print(f"bastion-service: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        if not settings.embedded:
+            return serve_real(settings, args.host, args.port, args.workers, args.queue_workers)
         return serve(settings, args.host, args.port, not args.no_migrate)
     if args.command == "migrate":
+        if not settings.is_sqlite and not _reachable(settings):
+            return 1
         asyncio.run(_migrate(settings.database_url))
         print(f"bastion-service: {settings.database_url} is at the latest migration")
         return 0

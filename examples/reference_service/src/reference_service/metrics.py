@@ -7,6 +7,9 @@ process of a deployment reports the same truth instead of its own share.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from reference_service.amounts import UNIT
@@ -77,6 +80,20 @@ class DomainMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.reconciliation_mismatches = Gauge(
+            "bastion_service_reconciliation_mismatches",
+            "Mismatches the latest reconciler run found: programs whose ledger does not sum to "
+            "0, and settled intents without their transaction on chain.",
+            ["check"],
+            registry=registry,
+        )
+        self.reconciled_at = Gauge(
+            "bastion_service_reconciliation_timestamp_seconds",
+            "When the latest reconciler run finished (Unix time; 0 before the first).",
+            registry=registry,
+        )
+        for check in ("ledger", "chain"):
+            self.reconciliation_mismatches.labels(check).set(0)
         for intent_type in IntentType:
             for status in IntentStatus:
                 self.intents.labels(intent_type.value, status.value).set(0)
@@ -100,3 +117,15 @@ class DomainMetrics:
         dlq = await queue.counts(DLQ)
         self.dlq_jobs.set(dlq[JobState.WAITING] + dlq[JobState.DELAYED])
         self.relayer_balance.set(await relayer.balance_wei() / WEI_PER_ETH)
+
+    def reconciled(self, report: Mapping[str, Any] | None) -> None:
+        """Show the latest reconciler report (read from the queue at each scrape)."""
+        if report is None:
+            return
+        self.reconciliation_mismatches.labels("ledger").set(
+            len(report.get("unbalanced_programs") or {})
+        )
+        self.reconciliation_mismatches.labels("chain").set(
+            len(report.get("unmatched_intents") or [])
+        )
+        self.reconciled_at.set(float(report.get("checked_at") or 0))

@@ -14,7 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -23,6 +23,7 @@ from reference_service.wallets import keccak256
 __all__ = [
     "WEI_PER_ETH",
     "Receipt",
+    "RedisChain",
     "Relayer",
     "RelayerError",
     "SimulatedChain",
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 WEI_PER_ETH = 10**18
-GAS_PRICE_WEI = 2 * 10**9
+GWEI = 10**9
+GAS_PRICE_WEI = 2 * GWEI
 """2 gwei."""
 DISTRIBUTOR = "0x" + keccak256(b"bastion rewards distributor")[-20:].hex()
 REGISTRY = "0x" + keccak256(b"bastion wallet registry")[-20:].hex()
@@ -103,6 +105,10 @@ class Relayer(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def lookup(self, tx_hash: str) -> Receipt | None:
+        """The receipt of a transaction the chain has, None if it never landed."""
+        ...
+
 
 class SimulatedChain:
     """An in-process chain: receipts by hash, a gas balance, injected failures and hangs.
@@ -160,3 +166,114 @@ class SimulatedChain:
 
     def receipt(self, tx_hash: str) -> Receipt | None:
         return self._receipts.get(tx_hash)
+
+    async def lookup(self, tx_hash: str) -> Receipt | None:
+        return self._receipts.get(tx_hash)
+
+    async def faults(self) -> tuple[float, float]:
+        return self.fail_rate, self.hang_rate
+
+    async def set_faults(self, fail_rate: float, hang_rate: float) -> None:
+        self.fail_rate, self.hang_rate = fail_rate, hang_rate
+
+
+# KEYS: receipts hash, balance (gwei: wei overflow Redis integers), block counter.
+# ARGV: tx hash, gas used, cost in gwei, initial balance in gwei.
+# One script, so two processes sending the same transaction pay for it once.
+_SEND = """
+local known = redis.call('HGET', KEYS[1], ARGV[1])
+if known then return known end
+redis.call('SET', KEYS[2], ARGV[4], 'NX')
+local cost = tonumber(ARGV[3])
+if tonumber(redis.call('GET', KEYS[2])) < cost then return false end
+redis.call('DECRBY', KEYS[2], cost)
+local block = redis.call('INCR', KEYS[3])
+local receipt = block .. ':' .. ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], receipt)
+return receipt
+"""
+
+
+class RedisChain:
+    """The simulated chain of real mode: its state in Redis, shared by every process.
+
+    API processes and queue workers send through one chain, so a transaction resent by
+    another worker (after a crash, say) is still recognised and paid once, and the
+    reconciler sees every receipt. Fault rates live in Redis too: the admin API sets them
+    for all workers at once.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "bull",
+        chain_id: int = 31337,
+        balance_eth: Decimal = Decimal(10),
+        fail_rate: float = 0.0,
+        hang_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self._redis = client
+        self._initial = int(balance_eth * WEI_PER_ETH) // GWEI
+        self._defaults = (fail_rate, hang_rate)
+        self._random = random.Random(seed)
+        base = f"{prefix}:chain:{chain_id}"
+        self._receipts, self._balance, self._blocks = (
+            f"{base}:receipts",
+            f"{base}:balance",
+            f"{base}:blocks",
+        )
+        self._faults_key = f"{base}:faults"
+        self._send = client.register_script(_SEND)
+
+    async def faults(self) -> tuple[float, float]:
+        raw = await self._redis.hmget(self._faults_key, "fail_rate", "hang_rate")
+        if raw[0] is None or raw[1] is None:
+            return self._defaults
+        return float(raw[0]), float(raw[1])
+
+    async def set_faults(self, fail_rate: float, hang_rate: float) -> None:
+        await self._redis.hset(
+            self._faults_key, mapping={"fail_rate": fail_rate, "hang_rate": hang_rate}
+        )
+
+    async def send(self, tx: Transaction) -> Receipt:
+        if tx.chain_id != self.chain_id:
+            raise RelayerError(f"wrong chain id {tx.chain_id}, this chain is {self.chain_id}")
+        tx_hash = tx.hash()
+        known = await self.lookup(tx_hash)
+        if known is not None:
+            return known
+        fail_rate, hang_rate = await self.faults()
+        draw = self._random.random()
+        if draw < fail_rate:
+            raise RelayerError("simulated failure: the node rejected the transaction")
+        if draw < fail_rate + hang_rate:
+            await anyio.sleep_forever()
+        gas_used = 21_000 + (len(tx.data) - 2) // 2 * 16
+        raw = await self._send(
+            keys=[self._receipts, self._balance, self._blocks],
+            args=[tx_hash, gas_used, gas_used * GAS_PRICE_WEI // GWEI, self._initial],
+        )
+        if raw is None:
+            raise RelayerError("the relayer cannot pay for gas: top up its balance")
+        return self._receipt(tx_hash, raw)
+
+    @staticmethod
+    def _receipt(tx_hash: str, raw: bytes | str) -> Receipt:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        block, gas = text.split(":")
+        return Receipt(tx_hash, int(block), int(gas))
+
+    async def lookup(self, tx_hash: str) -> Receipt | None:
+        raw = await self._redis.hget(self._receipts, tx_hash)
+        return None if raw is None else self._receipt(tx_hash, raw)
+
+    async def balance_wei(self) -> int:
+        raw = await self._redis.get(self._balance)
+        return (self._initial if raw is None else int(raw)) * GWEI
+
+    async def ping(self) -> None:
+        await self._redis.ping()

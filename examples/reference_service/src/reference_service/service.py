@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -26,9 +26,11 @@ from reference_service.jobs.queue import (
     INTENT_QUEUE,
     PAYOUT_QUEUE,
     RECONCILER_QUEUE,
+    RETRIED_FROM,
     Job,
     JobOptions,
     JobQueue,
+    JobState,
 )
 from reference_service.metrics import DomainMetrics
 from reference_service.relayer import DISTRIBUTOR, Relayer, SimulatedChain, Transaction, encode_call
@@ -38,6 +40,11 @@ __all__ = ["ReferenceService", "settlement_transaction"]
 
 logger = logging.getLogger("reference_service")
 
+if TYPE_CHECKING:
+    from reference_service.jobs.bull import QueueWorkers
+
+SWEEP = "sweep"
+RECONCILE = "reconcile"
 QUEUE_OF = {IntentType.CLAIM.value: INTENT_QUEUE, IntentType.PAYOUT.value: PAYOUT_QUEUE}
 
 
@@ -77,19 +84,50 @@ class ReferenceService:
         # the idempotency records live beside the domain's rows, so a handler's writes and
         # its stored response commit in one transaction (SQLStore.transaction)
         self.idempotency_store = SQLStore(engine, metadata=Base.metadata)
-        self.rate_limit_store = rate_limit_store if rate_limit_store is not None else MemoryStore()
-        self.relayer: Relayer = relayer or SimulatedChain(
-            chain_id=settings.chain_id,
-            balance_eth=settings.relayer_balance_eth,
-            fail_rate=settings.relayer_fail_rate,
-            hang_rate=settings.relayer_hang_rate,
-            seed=settings.relayer_seed,
-        )
         self.job_options = JobOptions(
             attempts=settings.job_attempts,
             backoff_seconds=settings.job_backoff_seconds,
             timeout_seconds=settings.job_timeout_seconds,
         )
+        self._redis: Any = None
+        if settings.embedded:
+            default_store: Any = MemoryStore()
+            default_relayer: Relayer = SimulatedChain(
+                chain_id=settings.chain_id,
+                balance_eth=settings.relayer_balance_eth,
+                fail_rate=settings.relayer_fail_rate,
+                hang_rate=settings.relayer_hang_rate,
+                seed=settings.relayer_seed,
+            )
+        else:
+            from redis.asyncio import Redis
+
+            from bastion.stores import RedisStore
+            from reference_service.jobs.bull import BullQueue
+            from reference_service.relayer import RedisChain
+
+            self._redis = Redis.from_url(
+                settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
+            )
+            default_store = (
+                SQLStore(engine, metadata=Base.metadata)
+                if settings.rate_limit_store == "sql"
+                else RedisStore(url=settings.redis_url, prefix=f"{settings.queue_prefix}:bastion")
+            )
+            default_relayer = RedisChain(
+                self._redis,
+                prefix=settings.queue_prefix,
+                chain_id=settings.chain_id,
+                balance_eth=settings.relayer_balance_eth,
+                fail_rate=settings.relayer_fail_rate,
+                hang_rate=settings.relayer_hang_rate,
+            )
+            if queue is None:
+                queue = BullQueue(
+                    settings.redis_url, prefix=settings.queue_prefix, options=self.job_options
+                )
+        self.rate_limit_store = rate_limit_store if rate_limit_store is not None else default_store
+        self.relayer: Relayer = relayer or default_relayer
         if queue is None:
             queue = InProcessQueue(options=self.job_options, clock=clock)
         self.queue = queue
@@ -100,7 +138,7 @@ class ReferenceService:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def register_handlers(self, queue: InProcessQueue) -> None:
+    def register_handlers(self, queue: InProcessQueue | QueueWorkers) -> None:
         """Attach the job handlers (part 2's workers call the same methods)."""
         concurrency = self.settings.job_concurrency
         queue.process(
@@ -134,7 +172,12 @@ class ReferenceService:
         """
         intent_id = str(job.data["intent_id"])
         async with self.db.write() as repo:
-            intent = await repo.take_intent(intent_id, self.now())
+            intent = await repo.take_intent(
+                intent_id,
+                self.now(),
+                failed=RETRIED_FROM in job.data,
+                abandoned=job.redelivered,
+            )
             if intent is None:
                 current = await repo.intent(intent_id)
                 return {"skipped": current.status if current else "unknown intent"}
@@ -148,7 +191,7 @@ class ReferenceService:
             reason = reason or type(exc).__name__
             with anyio.CancelScope(shield=True):
                 async with self.db.write() as repo:
-                    await repo.release_intent(intent_id, reason)
+                    await repo.release_intent(intent_id, reason, intent.attempts)
             raise
         now = self.now()
         async with self.db.write() as repo:
@@ -172,16 +215,23 @@ class ReferenceService:
         if failed and intent is not None:
             self.metrics.intent_transitions.labels(intent.type, IntentStatus.FAILED.value).inc()
 
-    async def reconcile_job(self, job: Job) -> dict[str, int]:
-        """The sweeper and the outbox in one pass.
+    async def reconcile_job(self, job: Job) -> dict[str, Any]:
+        """The reconciler queue's jobs: ``sweep``, or ``reconcile`` (embedded: both).
 
-        Intents stuck in PROCESSING longer than ``stuck_after_seconds`` (their worker died)
-        are marked FAILED and put in the dead-letter queue. Intents still PENDING a while
-        after creation get their job enqueued again (a restart of embedded mode forgets its
-        queue; the job id makes this a no-op while the job is still queued).
+        In real mode the two are BullMQ job schedulers: the sweeper every 15 minutes, the
+        reconciler every minute, each once per period across all worker processes.
         """
-        now = self.now()
-        cutoff = now - timedelta(seconds=self.settings.stuck_after_seconds)
+        if job.name == SWEEP:
+            return {"swept": await self.sweep()}
+        swept = await self.sweep() if isinstance(self.queue, InProcessQueue) else 0
+        requeued = await self.requeue_pending()
+        report = await self.reconcile()
+        return {"swept": swept, "requeued": requeued, **report}
+
+    async def sweep(self) -> int:
+        """Intents stuck in PROCESSING longer than ``stuck_after_seconds`` (their worker
+        died, and BullMQ gave up on the job) are marked FAILED and put in the DLQ."""
+        cutoff = self.now() - timedelta(seconds=self.settings.stuck_after_seconds)
         async with self.db.write() as repo:
             stuck = list(await repo.stuck_intents(cutoff))
             for intent in stuck:
@@ -201,17 +251,77 @@ class ReferenceService:
                 },
             )
             logger.warning("intent %s was stuck in PROCESSING; moved to the DLQ", intent.id)
+        return len(stuck)
+
+    async def requeue_pending(self) -> int:
+        """Intents still PENDING 30 s after creation get their job enqueued again (a crash
+        between a commit and its enqueue, or an embedded restart, lost it; the job id makes
+        this a no-op while the job is still queued)."""
         async with self.db.read() as repo:
-            pending = await repo.pending_intents(now - timedelta(seconds=30))
+            pending = await repo.pending_intents(self.now() - timedelta(seconds=30))
         for intent in pending:
             await self.enqueue_intent(intent.id, intent.type)
-        return {"swept": len(stuck), "requeued": len(pending)}
+        return len(pending)
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Check the ledger balances per program and that settled intents match the chain.
+
+        A mismatch is logged and reported; the report is the job's result, where ``/readyz``
+        and ``/metrics`` read it in every process.
+        """
+        async with self.db.read() as repo:
+            sums = await repo.ledger_sums()
+            settled = await repo.settled_intents()
+        unbalanced = {program: total for program, total in sums.items() if total != 0}
+        missing: list[str] = []
+        for intent in settled:
+            expected = settlement_transaction(intent, self.relayer.chain_id).hash()
+            if intent.tx_hash != expected or await self.relayer.lookup(expected) is None:
+                missing.append(intent.id)
+        for program, total in unbalanced.items():
+            logger.error("reconciler: the ledger of program %s sums to %d, not 0", program, total)
+        if missing:
+            logger.error(
+                "reconciler: %d settled intents have no matching transaction on chain: %s",
+                len(missing),
+                ", ".join(missing[:10]),
+            )
+        return {
+            "checked_at": self.clock(),
+            "settled_intents": len(settled),
+            "unbalanced_programs": unbalanced,
+            "unmatched_intents": missing[:100],
+            "mismatches": len(unbalanced) + len(missing),
+        }
+
+    async def last_reconciliation(self) -> dict[str, Any] | None:
+        """The report of the latest finished reconciler run, from the queue (any process)."""
+        jobs = await self.queue.list(RECONCILER_QUEUE, [JobState.COMPLETED], limit=20)
+        for job in jobs:
+            if job.name == RECONCILE and isinstance(job.result, dict):
+                return dict(job.result)
+        return None
 
     async def reconcile_loop(self) -> None:
         """Enqueue the reconciler every ``reconcile_every_seconds`` (embedded mode)."""
         while True:
             await anyio.sleep(self.settings.reconcile_every_seconds)
-            await self.queue.enqueue(RECONCILER_QUEUE, "reconcile", {}, job_id="reconcile")
+            await self.queue.enqueue(RECONCILER_QUEUE, RECONCILE, {}, job_id=RECONCILE)
+
+    def schedules(self) -> list[tuple[str, str, float]]:
+        """The real mode's repeatable jobs: the sweeper and the reconciler."""
+        return [
+            (RECONCILER_QUEUE, SWEEP, self.settings.sweep_every_seconds),
+            (RECONCILER_QUEUE, RECONCILE, self.settings.reconcile_every_seconds),
+        ]
 
     async def aclose(self) -> None:
+        close = getattr(self.queue, "close", None)
+        if close is not None:
+            await close()
+        aclose = getattr(self.rate_limit_store, "aclose", None)
+        if aclose is not None and self.rate_limit_store is not self.idempotency_store:
+            await aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
         await self.db.engine.dispose()

@@ -27,6 +27,7 @@ DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_WEBHOOK_SECRET = "whsec_dev_embedded"
 """The webhook secret in embedded mode when none is set, so the tour can sign webhooks."""
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///bastion-service.db"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 Mode = Literal["embedded", "real"]
 
@@ -122,6 +123,18 @@ class ServiceSettings:
     relayer_hang_rate: float = 0.0
     relayer_seed: int = 0
     relayer_timeout_seconds: float = 10.0
+    redis_url: str = DEFAULT_REDIS_URL
+    """Real mode: rate limits, the queues and the simulated chain's shared state."""
+    rate_limit_store: Literal["redis", "sql"] = "redis"
+    """Real mode: where bastion's rate-limit buckets live (idempotency records always live
+    beside the domain's rows, in its database)."""
+    queue_prefix: str = "bull"
+    """The BullMQ key prefix (and the simulated chain's), so deployments can share a Redis."""
+    sweep_every_seconds: float = 900.0
+    worker_lock_seconds: float = 30.0
+    """BullMQ's lock on an active job; a worker that dies holding it is found stalled after
+    this long, and its job runs again."""
+    stalled_check_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedded", "real"):
@@ -133,6 +146,13 @@ class ServiceSettings:
                 "real mode needs BASTION_SERVICE_ADMIN_TOKEN and BASTION_SERVICE_WEBHOOK_SECRET "
                 "set to secrets of your own"
             )
+        if self.mode == "real" and self.is_sqlite:
+            raise SettingsError(
+                "real mode needs DATABASE_URL (or BASTION_SERVICE_DATABASE_URL) naming a "
+                "PostgreSQL database, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/bastion"
+            )
+        if self.rate_limit_store not in ("redis", "sql"):
+            raise SettingsError("BASTION_SERVICE_RATE_LIMIT_STORE must be 'redis' or 'sql'")
         if len(self.admin_token) < 8:
             raise SettingsError("BASTION_SERVICE_ADMIN_TOKEN must be at least 8 characters")
         if not self.webhook_secret:
@@ -154,13 +174,26 @@ class ServiceSettings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: object
     ) -> ServiceSettings:
-        """Read ``BASTION_SERVICE_*``; ``overrides`` win (the CLI's flags, tests)."""
+        """Read ``BASTION_SERVICE_*``; ``overrides`` win (the CLI's flags, tests).
+
+        The conventional ``BASTION_MODE``, ``DATABASE_URL`` and ``REDIS_URL`` are read too,
+        below their ``BASTION_SERVICE_`` spellings, as container platforms set them.
+        """
         env = os.environ if environ is None else environ
         p = "BASTION_SERVICE_"
-        mode = env.get(p + "MODE", "embedded").strip().lower() or "embedded"
+        raw_mode = env.get(p + "MODE") or env.get("BASTION_MODE") or "embedded"
+        mode = str(overrides.pop("mode", raw_mode)).strip().lower() or "embedded"
         values: dict[str, object] = {
             "mode": mode,
-            "database_url": env.get(p + "DATABASE_URL") or DEFAULT_DATABASE_URL,
+            "database_url": env.get(p + "DATABASE_URL")
+            or env.get("DATABASE_URL")
+            or DEFAULT_DATABASE_URL,
+            "redis_url": env.get(p + "REDIS_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            "rate_limit_store": env.get(p + "RATE_LIMIT_STORE", "redis").strip().lower(),
+            "queue_prefix": env.get(p + "QUEUE_PREFIX") or "bull",
+            "sweep_every_seconds": _number(env, p + "SWEEP_EVERY_SECONDS", 900, low=0.1),
+            "worker_lock_seconds": _number(env, p + "WORKER_LOCK_SECONDS", 30, low=0.1),
+            "stalled_check_seconds": _number(env, p + "STALLED_CHECK_SECONDS", 30, low=0.1),
             "auto_migrate": _flag(env, p + "AUTO_MIGRATE", mode == "embedded"),
             "admin_token": env.get(p + "ADMIN_TOKEN") or DEV_ADMIN_TOKEN,
             "webhook_secret": env.get(p + "WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET,

@@ -157,18 +157,25 @@ class Repository:
     async def intent(self, intent_id: str) -> Intent | None:
         return await self.session.get(Intent, intent_id)
 
-    async def take_intent(self, intent_id: str, now: datetime) -> Intent | None:
-        """Move an intent to PROCESSING for one job; None when it is not PENDING or FAILED.
+    async def take_intent(
+        self, intent_id: str, now: datetime, *, failed: bool = True, abandoned: bool = False
+    ) -> Intent | None:
+        """Move an intent to PROCESSING for one job; None when the job may not take it.
 
-        FAILED is taken too: only an operator's retry from the dead-letter queue enqueues a
-        job for a failed intent.
+        A PENDING intent is always taken. ``failed``: a FAILED one too (an operator retried
+        it from the dead-letter queue; a job still running when the sweeper failed its
+        intent must not settle it behind the operator's back). ``abandoned``: a PROCESSING
+        one too (the queue gave the job back after its worker died mid-try). Taking twice is
+        harmless: the chain deduplicates the transfer and `settle_intent` settles once.
         """
+        statuses = [IntentStatus.PENDING.value]
+        if failed:
+            statuses.append(IntentStatus.FAILED.value)
+        if abandoned:
+            statuses.append(IntentStatus.PROCESSING.value)
         result = await self.session.execute(
             update(Intent)
-            .where(
-                Intent.id == intent_id,
-                Intent.status.in_([IntentStatus.PENDING.value, IntentStatus.FAILED.value]),
-            )
+            .where(Intent.id == intent_id, Intent.status.in_(statuses))
             .values(
                 status=IntentStatus.PROCESSING.value,
                 locked_at=now,
@@ -180,18 +187,27 @@ class Repository:
             return None
         return await self.session.get(Intent, intent_id, populate_existing=True)
 
-    async def _move(self, intent_id: str, to: IntentStatus, **values: object) -> bool:
+    async def _move(
+        self, intent_id: str, to: IntentStatus, attempt: int | None = None, **values: object
+    ) -> bool:
+        """PROCESSING to ``to``; with ``attempt``, only for the try that took it (a fencing
+        token: a try whose intent was taken over after it was presumed dead changes nothing)."""
+        where = [Intent.id == intent_id, Intent.status == IntentStatus.PROCESSING.value]
+        if attempt is not None:
+            where.append(Intent.attempts == attempt)
         result = await self.session.execute(
             update(Intent)
-            .where(Intent.id == intent_id, Intent.status == IntentStatus.PROCESSING.value)
+            .where(*where)
             .values(status=to.value, **values)
             .execution_options(synchronize_session=False)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
-    async def release_intent(self, intent_id: str, error: str) -> bool:
+    async def release_intent(self, intent_id: str, error: str, attempt: int | None = None) -> bool:
         """A failed try: back to PENDING for the next one, with the reason."""
-        return await self._move(intent_id, IntentStatus.PENDING, locked_at=None, last_error=error)
+        return await self._move(
+            intent_id, IntentStatus.PENDING, attempt, locked_at=None, last_error=error
+        )
 
     async def fail_intent(self, intent_id: str, error: str) -> bool:
         """The last try failed (or the sweeper found it stuck): FAILED, for the DLQ."""
@@ -209,7 +225,12 @@ class Repository:
     async def settle_intent(self, intent: Intent, tx_hash: str, now: datetime) -> bool:
         """SETTLED, with the two ledger entries and the claim, or nothing if it moved on."""
         if not await self._move(
-            intent.id, IntentStatus.SETTLED, tx_hash=tx_hash, settled_at=now, locked_at=None
+            intent.id,
+            IntentStatus.SETTLED,
+            intent.attempts,
+            tx_hash=tx_hash,
+            settled_at=now,
+            locked_at=None,
         ):
             return False
         self.session.add_all(
@@ -243,6 +264,10 @@ class Repository:
         stmt = select(Intent).where(
             Intent.status == IntentStatus.PROCESSING.value, Intent.locked_at < locked_before
         )
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def settled_intents(self) -> Sequence[Intent]:
+        stmt = select(Intent).where(Intent.status == IntentStatus.SETTLED.value)
         return (await self.session.execute(stmt)).scalars().all()
 
     async def pending_intents(self, created_before: datetime, limit: int = 500) -> Sequence[Intent]:

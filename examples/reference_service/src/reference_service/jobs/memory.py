@@ -28,6 +28,7 @@ from anyio.abc import TaskStatus
 
 from reference_service.jobs.queue import (
     DLQ,
+    RETRIED_FROM,
     ExhaustedHook,
     Handler,
     Job,
@@ -133,7 +134,8 @@ class InProcessQueue:
         dead = self._queue(DLQ).jobs.get(dlq_job_id)
         if dead is None:
             raise JobNotFound(dlq_job_id)
-        job = await self.enqueue(dead.data["original_queue"], dead.name, dead.data["data"])
+        data = {**dead.data["data"], RETRIED_FROM: dlq_job_id}
+        job = await self.enqueue(dead.data["original_queue"], dead.name, data)
         self._forget(self._queue(DLQ), dlq_job_id)
         return job
 

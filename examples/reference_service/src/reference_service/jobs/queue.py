@@ -22,6 +22,7 @@ __all__ = [
     "PAYOUT_QUEUE",
     "QUEUES",
     "RECONCILER_QUEUE",
+    "RETRIED_FROM",
     "Handler",
     "Job",
     "JobNotFound",
@@ -86,6 +87,9 @@ class Job:
     result: Any = None
     history: list[str] = field(default_factory=list)
     """The reason of every failed attempt, oldest first."""
+    redelivered: bool = False
+    """This try follows one that never finished (its worker died): the real engine's
+    stalled-job check gave the job back, so whatever the dead try took is abandoned."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,9 @@ class Job:
             "failed_reason": self.failed_reason,
         }
 
+
+RETRIED_FROM = "retried_from"
+"""Set in a job's data by `JobQueue.retry`: the dead-letter job an operator retried."""
 
 Handler = Callable[[Job], Awaitable[Any]]
 """Processes a job; raising fails the attempt."""

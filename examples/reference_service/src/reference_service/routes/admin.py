@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from reference_service.jobs.queue import DLQ, JobNotFound, JobState
 from reference_service.problems import ProblemError
-from reference_service.relayer import SimulatedChain
+from reference_service.relayer import RedisChain, SimulatedChain
 from reference_service.routes import service_of
 from reference_service.routes.claims import problems
 from reference_service.schemas import DLQJob, DLQPage, Faults, RetryResult
@@ -94,16 +94,16 @@ async def retry_dlq(job_id: str, service: Service) -> RetryResult:
     return RetryResult(retried=job_id, queue=job.queue, job_id=job.id, state=job.state.value)
 
 
-def _chain(service: ReferenceService) -> SimulatedChain:
-    if not isinstance(service.relayer, SimulatedChain):
+def _chain(service: ReferenceService) -> SimulatedChain | RedisChain:
+    if not isinstance(service.relayer, SimulatedChain | RedisChain):
         raise ProblemError(404, "not-simulated", "fault injection exists on the simulated chain")
     return service.relayer
 
 
 @router.get("/api/admin/relayer/faults", response_model=Faults, responses=problems(401, 403, 404))
 async def get_faults(service: Service) -> Faults:
-    chain = _chain(service)
-    return Faults(fail_rate=chain.fail_rate, hang_rate=chain.hang_rate)
+    fail_rate, hang_rate = await _chain(service).faults()
+    return Faults(fail_rate=fail_rate, hang_rate=hang_rate)
 
 
 @router.put(
@@ -115,6 +115,5 @@ async def get_faults(service: Service) -> Faults:
 async def put_faults(faults: Faults, service: Service) -> Faults:
     if faults.fail_rate + faults.hang_rate > 1:
         raise ProblemError(422, "validation", "fail_rate + hang_rate cannot exceed 1")
-    chain = _chain(service)
-    chain.fail_rate, chain.hang_rate = faults.fail_rate, faults.hang_rate
+    await _chain(service).set_faults(faults.fail_rate, faults.hang_rate)
     return faults

@@ -55,6 +55,14 @@ async def readyz(service: Service) -> Response:
             results[name] = f"down: {type(exc).__name__}"
         else:
             results[name] = "ok"
+    details: dict[str, object] = {}
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT):
+            report = await service.last_reconciliation()
+    except Exception as exc:
+        report = {"error": type(exc).__name__}
+    # a mismatch is an operator's problem, not a reason to take the instance out of rotation
+    details["reconciliation"] = report if report is not None else "not run yet"
     down = [name for name, result in results.items() if result != "ok"]
     if down:
         return problem(
@@ -63,5 +71,6 @@ async def readyz(service: Service) -> Response:
             "not ready: " + ", ".join(down) + " unreachable",
             headers={"retry-after": "5"},
             checks=results,
+            details=details,
         )
-    return JSONResponse({"status": "ready", "checks": results})
+    return JSONResponse({"status": "ready", "checks": results, "details": details})
