@@ -21,7 +21,7 @@ from bastion._asgi import (
     send_problem,
 )
 from bastion._logging import ThrottledLogger
-from bastion.exceptions import ConfigurationError, StoreError
+from bastion.exceptions import ConfigurationError, StoreCapacityError, StoreError
 from bastion.idempotency.capture import ResponseCapture
 from bastion.idempotency.context import SCOPE_KEY, IdempotencyContext
 from bastion.idempotency.fingerprint import fingerprint
@@ -224,6 +224,20 @@ class _Request(IdempotencyContext):
                 and claim.fingerprint == self.fingerprint
             ):
                 claim = await self._wait(claim)
+        except StoreCapacityError:
+            # never run unprotected, even failing open: the store is full of running requests
+            store_failures.warning("idempotency store is full of requests in flight")
+            await mw._refuse(
+                scope,
+                self.send,
+                "store_error",
+                503,
+                "idempotency-store-full",
+                "Idempotency store full",
+                "Too many requests with idempotency keys are in progress; retry shortly.",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
         except StoreError:
             store_failures.warning("idempotency store failed on claim")
             await self._unprotected(receive)
