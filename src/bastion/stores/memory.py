@@ -22,6 +22,7 @@ __all__ = ["MemoryStore"]
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_BUCKETS = 100_000
 _SWEEP = 2
+_IDLE_QUEUES = 16
 
 # An entry is a flat tuple whose first item is its expiry (ms): a record is (expires_at,
 # fingerprint, token, response or None while in flight), a bucket (expires_at, *state).
@@ -49,16 +50,20 @@ class _ExpiringMap:
     """A bounded map of expiring entries, each in the FIFO queue of its class.
 
     A class groups entries whose expiry only grows with the time they are written: records of
-    one kind and duration, buckets of one algorithm and window. The store's clock never goes
-    back, so each queue is in expiry order: expired entries gather at the fronts, and the entry
-    expiring soonest is at the front of one of a handful of queues. Writes sweep expired
+    one kind and duration, buckets of one algorithm, window and rank (spent or not). The
+    store's clock never goes back, so each queue is in expiry order: expired entries gather at
+    the fronts, and the entry expiring soonest is at the front of one of a handful of queues.
+    (GCRA buckets are the exception: their expiry is the write time plus up to one window, so
+    their queues are in the order they were last charged, expiry order to within a window.)
+    Writes sweep expired
     entries from the front of the queue they append to; when the map is full, the fronts are
     compared: any expired entry goes first, then the lowest rank, then the soonest expiry.
 
     With ``indexed``, a dict says which queue holds each key. Without it a key is looked up in
     each queue in turn, which saves that dict's memory where there are only a few classes
     (idempotency records: one lease and one TTL per middleware). Either way no operation
-    depends on how many entries the map holds, only on how many classes are in use.
+    depends on how many entries the map holds, only on how many classes are in use. Queues
+    that empty stay (a class in use empties and fills all the time) until there are too many.
     """
 
     __slots__ = ("_max", "_queues", "_size", "_where")
@@ -72,7 +77,8 @@ class _ExpiringMap:
     def __len__(self) -> int:
         return self._size
 
-    def _find(self, key: str) -> _Queue | None:
+    def find(self, key: str) -> _Queue | None:
+        """The queue holding ``key``, expired or not."""
         if self._where is not None:
             return self._where.get(key)
         for queue in self._queues.values():
@@ -80,32 +86,21 @@ class _ExpiringMap:
                 return queue
         return None
 
-    def get(self, key: str, now: int) -> _Entry | None:
-        queue = self._find(key)
-        if queue is None:
-            return None
-        entry = queue[key]
-        if entry[0] <= now:
-            self._remove(key, queue)
-            return None
-        return entry
+    def remove(self, key: str, queue: _Queue) -> None:
+        del queue[key]
+        if self._where is not None:
+            del self._where[key]
+        self._size -= 1
 
-    def put(self, key: str, cls: Hashable, rank: int | None, entry: _Entry, now: int) -> bool:
-        """Write ``entry`` at the back of its class's queue; False when the key is new, the
-        map is full and nothing in it may go."""
-        old = self._find(key)
-        if old is not None and old.cls == cls:
-            old.move_to_end(key)
-            old[key] = entry
-            return True
-        if old is not None:
-            self._remove(key, old)
-        elif self._size >= self._max and not self._evict(now):
+    def add(self, key: str, cls: Hashable, rank: int | None, entry: _Entry, now: int) -> bool:
+        """Append a key known to be absent; False when the map is full and nothing in it may
+        go."""
+        if self._size >= self._max and not self._evict(now):
             return False
-        queue = self._queues.get(cls)  # after eviction, which may have emptied it
+        queue = self._queues.get(cls)
         if queue is None:
-            queue = self._queues[cls] = _Queue(cls, rank)
-        else:
+            queue = self._queue(cls, rank)
+        elif queue:
             self._sweep(queue, now)
         queue[key] = entry
         if self._where is not None:
@@ -113,50 +108,59 @@ class _ExpiringMap:
         self._size += 1
         return True
 
-    def delete(self, key: str) -> None:
-        queue = self._find(key)
-        if queue is not None:
-            self._remove(key, queue)
-
-    def _remove(self, key: str, queue: _Queue) -> None:
-        del queue[key]
+    def move(
+        self, key: str, old: _Queue, cls: Hashable, rank: int | None, entry: _Entry, now: int
+    ) -> None:
+        """Rewrite a present key (found in ``old``) at the back of its class's queue."""
+        if old.cls == cls:
+            old.move_to_end(key)
+            old[key] = entry
+            return
+        del old[key]
+        queue = self._queues.get(cls)
+        if queue is None:
+            queue = self._queue(cls, rank)
+        elif queue:
+            self._sweep(queue, now)
+        queue[key] = entry
         if self._where is not None:
-            del self._where[key]
-        self._size -= 1
-        if not queue:
-            del self._queues[queue.cls]
+            self._where[key] = queue
+
+    def _queue(self, cls: Hashable, rank: int | None) -> _Queue:
+        queue = self._queues[cls] = _Queue(cls, rank)
+        if len(self._queues) > _IDLE_QUEUES:
+            for idle in [q.cls for q in self._queues.values() if not q]:
+                del self._queues[idle]
+            self._queues[cls] = queue
+        return queue
 
     def _sweep(self, queue: _Queue, now: int) -> None:
-        """Free up to a few expired entries from the front; the caller appends right after,
-        so the queue is left in place even if this empties it."""
-        where = self._where
         for _ in range(_SWEEP):
+            key = next(iter(queue))
+            if queue[key][0] > now:
+                return
+            self.remove(key, queue)
             if not queue:
                 return
-            key, entry = next(iter(queue.items()))
-            if entry[0] > now:
-                return
-            del queue[key]
-            if where is not None:
-                del where[key]
-            self._size -= 1
 
     def _evict(self, now: int) -> bool:
-        victim: tuple[str, _Queue] | None = None
-        best = (0, 0)
+        victim: _Queue | None = None
+        best_rank = best_expiry = 0
         for queue in self._queues.values():
-            key, entry = next(iter(queue.items()))
-            if entry[0] <= now:
-                order = (-1, entry[0])
+            if not queue:
+                continue
+            expires = queue[next(iter(queue))][0]
+            if expires <= now:
+                rank = -1
             elif queue.rank is None:
                 continue
             else:
-                order = (queue.rank, entry[0])
-            if victim is None or order < best:
-                victim, best = (key, queue), order
+                rank = queue.rank
+            if victim is None or rank < best_rank or (rank == best_rank and expires < best_expiry):
+                victim, best_rank, best_expiry = queue, rank, expires
         if victim is None:
             return False
-        self._remove(*victim)
+        self.remove(next(iter(victim)), victim)
         return True
 
 
@@ -200,49 +204,66 @@ class MemoryStore:
         return None
 
     # -- idempotency ------------------------------------------------------------------------
-    # Record classes: ("lease", lease_ms) may not be evicted while live; ("ttl", ttl_ms) may.
+    # Record classes are ints: 2 * lease_ms for leases in flight, which may not be evicted
+    # while live, and 2 * ttl_ms + 1 for stored responses.
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
         now = self._now()
-        record = self._records.get(key, now)
-        if record is not None:
-            if record[3] is None:
-                return Claim(False, record[1], None, record[0] - now)
-            return Claim(False, record[1], record[3], 0)
+        records = self._records
+        queue = records.find(key)
+        if queue is not None:
+            record = queue[key]
+            if record[0] > now:
+                if record[3] is None:
+                    return Claim(False, record[1], None, record[0] - now)
+                return Claim(False, record[1], record[3], 0)
+            records.remove(key, queue)
         entry = (now + lease_ms, fingerprint, token, None)
-        if not self._records.put(key, ("lease", lease_ms), None, entry, now):
+        if not records.add(key, 2 * lease_ms, None, entry, now):
             raise StoreCapacityError(
-                f"the memory store holds {len(self._records)} requests in flight, its "
-                "max_records; a new claim must wait until one of them finishes"
+                f"the memory store holds {len(records)} requests in flight, its max_records; "
+                "a new claim must wait until one of them finishes"
             )
         return Claim(True, fingerprint)
 
-    def _held(self, key: str, token: str, now: int) -> _Entry | None:
-        record = self._records.get(key, now)
-        if record is None or record[2] != token or record[3] is not None:
+    def _held(self, key: str, token: str, now: int) -> tuple[_Queue, _Entry] | None:
+        records = self._records
+        queue = records.find(key)
+        if queue is None:
             return None
-        return record
+        record = queue[key]
+        if record[0] <= now:
+            records.remove(key, queue)
+            return None
+        if record[2] != token or record[3] is not None:
+            return None
+        return queue, record
 
     async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
         now = self._now()
-        record = self._held(key, token, now)
-        if record is None:
+        held = self._held(key, token, now)
+        if held is None:
             return False
+        queue, record = held
         entry = (now + lease_ms, record[1], token, None)
-        return self._records.put(key, ("lease", lease_ms), None, entry, now)
+        self._records.move(key, queue, 2 * lease_ms, None, entry, now)
+        return True
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
         now = self._now()
-        record = self._held(key, token, now)
-        if record is None:
+        held = self._held(key, token, now)
+        if held is None:
             return False
+        queue, record = held
         entry = (now + ttl_ms, record[1], token, response)
-        return self._records.put(key, ("ttl", ttl_ms), _OPEN, entry, now)
+        self._records.move(key, queue, 2 * ttl_ms + 1, _OPEN, entry, now)
+        return True
 
     async def release(self, key: str, token: str) -> bool:
-        if self._held(key, token, self._now()) is None:
+        held = self._held(key, token, self._now())
+        if held is None:
             return False
-        self._records.delete(key)
+        self._records.remove(key, held[0])
         return True
 
     # -- rate limits ------------------------------------------------------------------------
@@ -257,8 +278,15 @@ class MemoryStore:
         states: list[State] = []
         allowed = True
         for one in hits:
-            entry = buckets.get(one.key, now)
-            state = None if entry is None else (entry[1], entry[2], entry[3])
+            queue = buckets.find(one.key)
+            state = None
+            if queue is not None:
+                entry = queue[one.key]
+                if entry[0] > now:
+                    state = (entry[1], entry[2], entry[3])
+                else:
+                    buckets.remove(one.key, queue)
+                    queue = None
             decision, state = decide(one, state, now)
             decisions.append(decision)
             states.append(state)
@@ -266,11 +294,11 @@ class MemoryStore:
         if allowed:
             for one, state, decision in zip(hits, states, decisions, strict=True):
                 rank = _OPEN if decision.remaining else _SPENT
-                buckets.put(
-                    one.key,
-                    (one.algorithm, one.window_ms, rank),
-                    rank,
-                    (expires_at(one, state), *state),
-                    now,
-                )
+                cls = (one.algorithm, one.window_ms, rank)
+                entry = (expires_at(one, state), *state)
+                queue = buckets.find(one.key)  # again: two hits may share a key
+                if queue is None:
+                    buckets.add(one.key, cls, rank, entry, now)
+                else:
+                    buckets.move(one.key, queue, cls, rank, entry, now)
         return decisions
