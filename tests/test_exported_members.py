@@ -44,6 +44,7 @@ PUBLIC: dict[str, list[str]] = {
         "BastionError",
         "ConfigurationError",
         "MissingExtraError",
+        "StoreCapacityError",
         "StoreError",
         "StoreUnavailable",
         "TransactionError",

@@ -5,10 +5,12 @@
     │   └── MissingExtraError an optional extra is not installed (also an ImportError)
     ├── TransactionError     a handler misused bastion.idempotency.transaction
     └── StoreError           a store backend failed (timeout, lost connection, bad reply)
-        └── StoreUnavailable the backend could not be reached at all
+        ├── StoreUnavailable the backend could not be reached at all
+        └── StoreCapacityError  a bounded store is full of records it must not drop
 
 Middleware map `StoreError` to the configured fail-open or fail-closed behaviour; they never
-let it escape as an unhandled 500.
+let it escape as an unhandled 500. `StoreCapacityError` is the exception: idempotency answers it
+with 503 even when failing open, since running the request unprotected could run it twice.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ __all__ = [
     "BastionError",
     "ConfigurationError",
     "MissingExtraError",
+    "StoreCapacityError",
     "StoreError",
     "StoreUnavailable",
     "TransactionError",
@@ -44,6 +47,12 @@ class StoreError(BastionError):
 
 class StoreUnavailable(StoreError):
     """The backend could not be reached (connection refused, timed out, reset)."""
+
+
+class StoreCapacityError(StoreError):
+    """A bounded store (`MemoryStore`) is full and everything in it must stay: every record is
+    the lease of a request still running. Dropping one would let a duplicate of that request
+    run, so the new claim is refused instead; it succeeds again once a lease ends."""
 
 
 def missing_extra(extra: str, module: str) -> MissingExtraError:

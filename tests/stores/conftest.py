@@ -24,9 +24,19 @@ from tests.stores.redis_support import fakeredis_store, redis_store
 StoreFactory = Callable[[FakeClock], AbstractAsyncContextManager[Any]]
 
 
+SMALL_MEMORY = 32
+"""Records and buckets the small memory store holds: fewer than a conformance flood writes."""
+
+
 @asynccontextmanager
 async def memory_store(clock: FakeClock) -> AsyncIterator[MemoryStore]:
     yield MemoryStore(clock=clock)
+
+
+@asynccontextmanager
+async def small_memory_store(clock: FakeClock) -> AsyncIterator[MemoryStore]:
+    """A memory store that the conformance floods fill, so they test what it evicts."""
+    yield MemoryStore(clock=clock, max_records=SMALL_MEMORY, max_buckets=SMALL_MEMORY)
 
 
 @asynccontextmanager
@@ -68,6 +78,7 @@ async def mysql_store(clock: FakeClock) -> AsyncIterator[Any]:
 
 STORES: list[Any] = [
     pytest.param(memory_store, id="memory"),
+    pytest.param(small_memory_store, id="memory-small"),
     pytest.param(fakeredis_store, id="fakeredis"),
     pytest.param(redis_store, marks=pytest.mark.redis, id="redis"),
     pytest.param(sqlite_store, id="sqlite"),

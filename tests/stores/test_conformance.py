@@ -14,6 +14,8 @@ pytestmark = pytest.mark.anyio
 
 LEASE = 30_000
 TTL = 86_400_000
+FLOOD = 100
+"""New keys in a flood: more than the small memory store of the table holds."""
 
 
 async def test_implements_both_protocols(store: Any) -> None:
@@ -125,6 +127,64 @@ async def test_concurrent_claims_have_one_winner(store: Any) -> None:
         for i in range(50):
             tg.start_soon(one, i)
     assert results.count(True) == 1
+
+
+# -- eviction pressure and a clock that steps back -------------------------------------------
+# A store may evict under pressure (the memory store is bounded), but never a live lease or an
+# unexpired stored response while something else could go; stores that never evict pass too.
+
+
+async def _survived(store: Any) -> None:
+    """The lease "held" (token t-held) is intact and "done" still replays."""
+    claim = await store.claim("held", "fp", "t-other", lease_ms=LEASE)
+    assert not claim.acquired
+    assert claim.response is None
+    assert (await store.claim("done", "fp", "t-other", lease_ms=LEASE)).response == b"done"
+    assert await store.renew("held", "t-held", lease_ms=LEASE) is True
+    assert await store.complete("held", "t-held", b"ran once", ttl_ms=TTL) is True
+    assert (await store.claim("held", "fp", "t-late", lease_ms=LEASE)).response == b"ran once"
+
+
+async def test_live_records_survive_a_flood_of_new_keys(store: Any, clock: FakeClock) -> None:
+    """A flood of new keys (stored, in flight, abandoned) costs no live lease and no unexpired
+    stored response."""
+    await store.claim("held", "fp", "t-held", lease_ms=LEASE)
+    await store.claim("done", "fp", "t-done", lease_ms=LEASE)
+    await store.complete("done", "t-done", b"done", ttl_ms=TTL)
+    for i in range(FLOOD):
+        assert (await store.claim(f"flood{i}", "fp", "t", lease_ms=1_000)).acquired
+        if i % 2:
+            assert await store.complete(f"flood{i}", "t", b"x", ttl_ms=1_000)
+        if i % 10 == 9:
+            clock.advance(1.5)  # the flood so far expires, abandoned leases included
+    await _survived(store)
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "gcra"])
+async def test_exhausted_bucket_survives_a_flood_of_new_keys(store: Any, algorithm: str) -> None:
+    """Another client's flood of new keys never hands an exhausted bucket its quota back."""
+    for _ in range(3):
+        await store.hit([_hit("spent", algorithm)])
+    for i in range(FLOOD):
+        assert (await store.hit([_hit(f"flood{i}", algorithm)]))[0].allowed
+    assert not (await store.hit([_hit("spent", algorithm)]))[0].allowed
+
+
+async def test_clock_stepping_back_expires_nothing_early(store: Any, clock: FakeClock) -> None:
+    """After the clock steps back 30 s, under a flood of new keys, a held lease stays held and
+    its token still renews and completes it, stored responses replay, no second claim gets the
+    key, and nothing expires before its time on the clock."""
+    await store.claim("held", "fp", "t-held", lease_ms=LEASE)
+    await store.claim("done", "fp", "t-done", lease_ms=LEASE)
+    await store.complete("done", "t-done", b"done", ttl_ms=2_000)
+    clock.advance(-30)
+    for i in range(FLOOD):
+        assert (await store.claim(f"flood{i}", "fp", "t", lease_ms=1_000)).acquired
+        assert await store.complete(f"flood{i}", "t", b"x", ttl_ms=1_000)
+    await _survived(store)
+    clock.advance(30 + 1.5)
+    assert (await store.claim("done", "fp", "t-other", lease_ms=LEASE)).response == b"done"
+    assert (await store.claim("held", "fp", "t-other", lease_ms=LEASE)).response == b"ran once"
 
 
 # -- rate limits ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_records_are_bounded(clock: FakeClock) -> None:
-    """Completed records beyond the bound evict the least recently written."""
+    """Completed records beyond the bound evict the one expiring soonest (here the oldest)."""
     store = MemoryStore(max_records=10, clock=clock)
     for i in range(25):
         await store.claim(f"k{i}", "fp", "t", lease_ms=1000)

@@ -22,7 +22,7 @@ from bastion._asgi import (
 from bastion._core.records import StoredResponse, encode_response
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
-from bastion.exceptions import ConfigurationError, StoreError
+from bastion.exceptions import ConfigurationError, StoreCapacityError, StoreError
 from bastion.idempotency._capture import ResponseCapture
 from bastion.idempotency._context import SCOPE_KEY, IdempotencyContext
 from bastion.idempotency._decision import (
@@ -303,6 +303,20 @@ class _Request(IdempotencyContext):
             claim = _checked(await self._first_claim())
             if waits(claim, self.fingerprint, mw.settings):
                 claim = await self._wait(claim)
+        except StoreCapacityError:
+            # never run unprotected, even failing open: the store is full of running requests
+            store_failures.warning("idempotency store is full of requests in flight")
+            await mw._refuse(
+                scope,
+                self.send,
+                "store_error",
+                503,
+                "idempotency-store-full",
+                "Idempotency store full",
+                "Too many requests with idempotency keys are in progress; retry shortly.",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
         except Exception as exc:
             # whatever a store raises or answers is its failure, for the policy to answer
             store_failures.warning(_failure("on claim", exc))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Generic, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 from bastion._core.algorithms import State, decide, expires_at
-from bastion.exceptions import ConfigurationError
+from bastion.exceptions import ConfigurationError, StoreCapacityError
 from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
 from bastion.typing import Clock
 
@@ -21,117 +21,158 @@ __all__ = ["MemoryStore"]
 
 DEFAULT_MAX_RECORDS = 100_000
 DEFAULT_MAX_BUCKETS = 100_000
-_EVICTION_PROBES = 8
+_SWEEP = 2
+_IDLE_QUEUES = 16
 
-V = TypeVar("V")
+# An entry is a flat tuple whose first item is its expiry (ms): a record is (expires_at,
+# fingerprint, token, response or None while in flight), a bucket (expires_at, *state).
+# Tuples of ints, strings, bytes and None are untracked by the cyclic GC once it has seen them,
+# so a million entries add nothing to collector pauses; objects with __slots__ stay tracked.
+_Entry = tuple[Any, ...]
+
+_OPEN = 0
+_SPENT = 1
 
 
-class _Entry(Generic[V]):
-    __slots__ = ("expires_at", "value")
+class _Queue(OrderedDict[str, _Entry]):
+    """The entries of one class, oldest write first. ``rank`` orders classes for eviction
+    (lower goes first); None means an entry may only go once it has expired."""
 
-    def __init__(self, value: V, expires_at: int) -> None:
-        self.value = value
-        self.expires_at = expires_at
+    __slots__ = ("cls", "rank")
+
+    def __init__(self, cls: Hashable, rank: int | None) -> None:
+        super().__init__()
+        self.cls = cls
+        self.rank = rank
 
 
-class _ExpiringMap(Generic[V]):
-    """A bounded map whose entries expire; every operation is amortised O(1).
+class _ExpiringMap:
+    """A bounded map of expiring entries, each in the FIFO queue of its class.
 
-    Entries are kept in the order they were last written, which is close to expiry order, so
-    expired entries gather at the front and are swept from there on each write. When full,
-    the least recently written entry goes first, unless ``pinned`` says to keep it.
+    A class groups entries whose expiry only grows with the time they are written: records of
+    one kind and duration, buckets of one algorithm, window and rank (spent or not). The
+    store's clock never goes back, so each queue is in expiry order: expired entries gather at
+    the fronts, and the entry expiring soonest is at the front of one of a handful of queues.
+    (GCRA buckets are the exception: their expiry is the write time plus up to one window, so
+    their queues are in the order they were last charged, expiry order to within a window.)
+    Writes sweep expired
+    entries from the front of the queue they append to; when the map is full, the fronts are
+    compared: any expired entry goes first, then the lowest rank, then the soonest expiry.
+
+    With ``indexed``, a dict says which queue holds each key. Without it a key is looked up in
+    each queue in turn, which saves that dict's memory where there are only a few classes
+    (idempotency records: one lease and one TTL per middleware). Either way no operation
+    depends on how many entries the map holds, only on how many classes are in use. Queues
+    that empty stay (a class in use empties and fills all the time) until there are too many.
     """
 
-    __slots__ = ("_data", "_max")
+    __slots__ = ("_max", "_queues", "_size", "_where")
 
-    def __init__(self, max_size: int) -> None:
-        self._data: OrderedDict[str, _Entry[V]] = OrderedDict()
+    def __init__(self, max_size: int, *, indexed: bool) -> None:
+        self._where: dict[str, _Queue] | None = {} if indexed else None
+        self._queues: dict[Hashable, _Queue] = {}
         self._max = max_size
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._size
 
-    def get(self, key: str, now: int) -> V | None:
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if entry.expires_at <= now:
-            del self._data[key]
-            return None
-        return entry.value
+    def find(self, key: str) -> _Queue | None:
+        """The queue holding ``key``, expired or not."""
+        if self._where is not None:
+            return self._where.get(key)
+        for queue in self._queues.values():
+            if key in queue:
+                return queue
+        return None
 
-    def expiry(self, key: str) -> int:
-        return self._data[key].expires_at
+    def remove(self, key: str, queue: _Queue) -> None:
+        del queue[key]
+        if self._where is not None:
+            del self._where[key]
+        self._size -= 1
 
-    def put(self, key: str, value: V, expires_at: int, now: int) -> None:
-        entry = self._data.get(key)
-        if entry is None:
-            self.insert(key, value, expires_at, now)
-        else:
-            entry.value = value
-            self.touch(key, expires_at)
+    def add(self, key: str, cls: Hashable, rank: int | None, entry: _Entry, now: int) -> bool:
+        """Append a key known to be absent; False when the map is full and nothing in it may
+        go."""
+        if self._size >= self._max and not self._evict(now):
+            return False
+        queue = self._queues.get(cls)
+        if queue is None:
+            queue = self._queue(cls, rank)
+        elif queue:
+            self._sweep(queue, now)
+        queue[key] = entry
+        if self._where is not None:
+            self._where[key] = queue
+        self._size += 1
+        return True
 
-    def insert(self, key: str, value: V, expires_at: int, now: int) -> None:
-        """Add a key known to be absent (``get`` just said so)."""
-        data = self._data
-        self._sweep(now)
-        if len(data) >= self._max:
-            self._evict(now)
-        data[key] = _Entry(value, expires_at)
+    def move(
+        self, key: str, old: _Queue, cls: Hashable, rank: int | None, entry: _Entry, now: int
+    ) -> None:
+        """Rewrite a present key (found in ``old``) at the back of its class's queue."""
+        if old.cls == cls:
+            old.move_to_end(key)
+            old[key] = entry
+            return
+        del old[key]
+        queue = self._queues.get(cls)
+        if queue is None:
+            queue = self._queue(cls, rank)
+        elif queue:
+            self._sweep(queue, now)
+        queue[key] = entry
+        if self._where is not None:
+            self._where[key] = queue
 
-    def touch(self, key: str, expires_at: int) -> None:
-        """Give a present key a new expiry, and a place at the back as just written."""
-        self._data[key].expires_at = expires_at
-        self._data.move_to_end(key)
+    def _queue(self, cls: Hashable, rank: int | None) -> _Queue:
+        queue = self._queues[cls] = _Queue(cls, rank)
+        if len(self._queues) > _IDLE_QUEUES:
+            for idle in [q.cls for q in self._queues.values() if not q]:
+                del self._queues[idle]
+            self._queues[cls] = queue
+        return queue
 
-    def delete(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def _sweep(self, now: int) -> None:
-        data = self._data
-        for _ in range(2):
-            if not data:
+    def _sweep(self, queue: _Queue, now: int) -> None:
+        for _ in range(_SWEEP):
+            key = next(iter(queue))
+            if queue[key][0] > now:
                 return
-            key, entry = next(iter(data.items()))
-            if entry.expires_at > now:
+            self.remove(key, queue)
+            if not queue:
                 return
-            del data[key]
 
-    def _evict(self, now: int) -> None:
-        data = self._data
-        for _ in range(_EVICTION_PROBES):
-            key, entry = data.popitem(last=False)
-            if entry.expires_at <= now or not self.pinned(entry.value):
-                return
-            data[key] = entry  # still needed: give it another turn at the back
-        data.popitem(last=False)
-
-    def pinned(self, value: V) -> bool:
-        return False
-
-
-class _Record:
-    __slots__ = ("fingerprint", "response", "token")
-
-    def __init__(self, fingerprint: str, token: str, response: bytes | None = None) -> None:
-        self.fingerprint = fingerprint
-        self.token = token
-        self.response = response
-
-
-class _RecordMap(_ExpiringMap[_Record]):
-    __slots__ = ()
-
-    def pinned(self, value: _Record) -> bool:
-        # an in-flight lease guards a running handler: evicting it would let a duplicate run
-        return value.response is None
+    def _evict(self, now: int) -> bool:
+        victim: _Queue | None = None
+        best_rank = best_expiry = 0
+        for queue in self._queues.values():
+            if not queue:
+                continue
+            expires = queue[next(iter(queue))][0]
+            if expires <= now:
+                rank = -1
+            elif queue.rank is None:
+                continue
+            else:
+                rank = queue.rank
+            if victim is None or rank < best_rank or (rank == best_rank and expires < best_expiry):
+                victim, best_rank, best_expiry = queue, rank, expires
+        if victim is None:
+            return False
+        self.remove(next(iter(victim)), victim)
+        return True
 
 
 class MemoryStore:
     """Idempotency records and rate-limit buckets in this process's memory.
 
-    ``max_records`` and ``max_buckets`` bound memory: expired entries are freed first, then the
-    least recently written. ``clock`` returns seconds and is injectable so tests never sleep.
+    ``max_records`` and ``max_buckets`` bound memory. When full, expired entries go first, then
+    the live one that expires soonest; an exhausted rate-limit bucket goes only after every
+    bucket with quota left, and the lease of a request still running never goes: a claim that
+    would need to evict one raises `StoreCapacityError` instead (the middleware answers 503).
+    ``clock`` returns seconds and is injectable so tests never sleep; the store never lets its
+    own "now" go back, so a clock stepped backwards expires nothing early.
     """
 
     backend = "memory"
@@ -145,12 +186,16 @@ class MemoryStore:
     ) -> None:
         if max_records < 1 or max_buckets < 1:
             raise ConfigurationError("max_records and max_buckets must be at least 1")
-        self._records = _RecordMap(max_records)
-        self._buckets: _ExpiringMap[State] = _ExpiringMap(max_buckets)
+        self._records = _ExpiringMap(max_records, indexed=False)
+        self._buckets = _ExpiringMap(max_buckets, indexed=True)
         self._clock = clock
+        self._last = 0
 
     def _now(self) -> int:
-        return int(self._clock() * 1000)
+        now = int(self._clock() * 1000)
+        if now > self._last:
+            self._last = now
+        return self._last
 
     async def ping(self) -> None:
         return None
@@ -159,46 +204,72 @@ class MemoryStore:
         return None
 
     # -- idempotency ------------------------------------------------------------------------
+    # Record classes are ints: 2 * lease_ms for leases in flight, which may not be evicted
+    # while live, and 2 * ttl_ms + 1 for stored responses.
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
         now = self._now()
-        record = self._records.get(key, now)
-        if record is not None:
-            remaining = self._records.expiry(key) - now if record.response is None else 0
-            return Claim(False, record.fingerprint, record.response, remaining)
-        self._records.insert(key, _Record(fingerprint, token), now + lease_ms, now)
+        records = self._records
+        queue = records.find(key)
+        if queue is not None:
+            record = queue[key]
+            if record[0] > now:
+                if record[3] is None:
+                    return Claim(False, record[1], None, record[0] - now)
+                return Claim(False, record[1], record[3], 0)
+            records.remove(key, queue)
+        entry = (now + lease_ms, fingerprint, token, None)
+        if not records.add(key, 2 * lease_ms, None, entry, now):
+            raise StoreCapacityError(
+                f"the memory store holds {len(records)} requests in flight, its max_records; "
+                "a new claim must wait until one of them finishes"
+            )
         return Claim(True, fingerprint)
 
-    def _held(self, key: str, token: str, now: int) -> _Record | None:
-        record = self._records.get(key, now)
-        if record is None or record.token != token or record.response is not None:
+    def _held(self, key: str, token: str, now: int) -> tuple[_Queue, _Entry] | None:
+        records = self._records
+        queue = records.find(key)
+        if queue is None:
             return None
-        return record
+        record = queue[key]
+        if record[0] <= now:
+            records.remove(key, queue)
+            return None
+        if record[2] != token or record[3] is not None:
+            return None
+        return queue, record
 
     async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
         now = self._now()
-        record = self._held(key, token, now)
-        if record is None:
+        held = self._held(key, token, now)
+        if held is None:
             return False
-        self._records.touch(key, now + lease_ms)
+        queue, record = held
+        entry = (now + lease_ms, record[1], token, None)
+        self._records.move(key, queue, 2 * lease_ms, None, entry, now)
         return True
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
         now = self._now()
-        record = self._held(key, token, now)
-        if record is None:
+        held = self._held(key, token, now)
+        if held is None:
             return False
-        record.response = response
-        self._records.touch(key, now + ttl_ms)
+        queue, record = held
+        entry = (now + ttl_ms, record[1], token, response)
+        self._records.move(key, queue, 2 * ttl_ms + 1, _OPEN, entry, now)
         return True
 
     async def release(self, key: str, token: str) -> bool:
-        if self._held(key, token, self._now()) is None:
+        held = self._held(key, token, self._now())
+        if held is None:
             return False
-        self._records.delete(key)
+        self._records.remove(key, held[0])
         return True
 
     # -- rate limits ------------------------------------------------------------------------
+    # Bucket classes: (algorithm, window_ms, spent). A spent bucket (no quota left) ranks
+    # after every open one, so a flood of new keys cannot hand an exhausted client its quota
+    # back while a fresher bucket could go instead.
 
     async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
         now = self._now()
@@ -207,11 +278,27 @@ class MemoryStore:
         states: list[State] = []
         allowed = True
         for one in hits:
-            decision, state = decide(one, buckets.get(one.key, now), now)
+            queue = buckets.find(one.key)
+            state = None
+            if queue is not None:
+                entry = queue[one.key]
+                if entry[0] > now:
+                    state = (entry[1], entry[2], entry[3])
+                else:
+                    buckets.remove(one.key, queue)
+                    queue = None
+            decision, state = decide(one, state, now)
             decisions.append(decision)
             states.append(state)
             allowed = allowed and decision.allowed
         if allowed:
-            for one, state in zip(hits, states, strict=True):
-                buckets.put(one.key, state, expires_at(one, state), now)
+            for one, state, decision in zip(hits, states, decisions, strict=True):
+                rank = _OPEN if decision.remaining else _SPENT
+                cls = (one.algorithm, one.window_ms, rank)
+                entry = (expires_at(one, state), *state)
+                queue = buckets.find(one.key)  # again: two hits may share a key
+                if queue is None:
+                    buckets.add(one.key, cls, rank, entry, now)
+                else:
+                    buckets.move(one.key, queue, cls, rank, entry, now)
         return decisions
