@@ -134,6 +134,9 @@ class FaultyStore:
         self._faults: dict[str, _Fault] = {}
         self._hangs: dict[str, Hang] = {}
 
+    suspends = True
+    """A hung primitive waits, whatever the inner store does: claims must be shielded."""
+
     @property
     def backend(self) -> str:
         """The inner store's backend name, so metrics label it as usual."""

@@ -229,6 +229,8 @@ class SlowReplyStore(MemoryStore):
     """A store whose claim is taken at once but whose reply waits for ``reply``: a claim
     cancelled in flight."""
 
+    suspends = True
+
     def __init__(self) -> None:
         super().__init__()
         self.taken = anyio.Event()

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Iterable
 from fnmatch import translate
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from bastion._asgi import (
     ANSWERED_SCOPE_KEY,
@@ -48,7 +49,6 @@ from bastion.idempotency._keys import (
 )
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
 from bastion.idempotency._settings import IdempotencySettings
-from bastion.idempotency._shield import shielded
 from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
 from bastion.stores._protocols import Claim, IdempotencyStore
 from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
@@ -168,6 +168,7 @@ class IdempotencyMiddleware:
         # shared by the requests in flight, like a connection pool: one timer renews them all
         self._leases = LeaseRegistry(settings.lease_seconds / 3)
         self._backend = store.backend
+        self._shield_claims = getattr(store, "suspends", True)
         self._methods = settings.methods
         self._max_key = settings.max_key_length
         self._max_request = settings.max_request_bytes
@@ -282,9 +283,15 @@ class _Request(IdempotencyContext):
 
     async def _first_claim(self) -> Claim:
         """Claim, shielded: a request cancelled while the store answers must not leave a
-        lease behind that nobody holds."""
+        lease behind that nobody holds. A store whose primitives never suspend cannot be
+        interrupted, so it is spared the shield's cost."""
+        if not self.mw._shield_claims:
+            return await self._claim()
         try:
-            return await shielded(self._claim())
+            with anyio.CancelScope(shield=True):
+                claim = await self._claim()
+            await checkpoint_if_cancelled()
+            return claim
         except anyio.get_cancelled_exc_class():
             # the token fences the release: it frees this request's lease and nothing else
             mw = self.mw

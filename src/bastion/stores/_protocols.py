@@ -31,7 +31,13 @@ __all__ = [
 
 @runtime_checkable
 class Store(Protocol):
-    """What every store offers besides its primitives."""
+    """What every store offers besides its primitives.
+
+    A store may also set ``suspends = False`` (a class attribute, not part of the protocol)
+    when none of its primitives ever awaits, as `MemoryStore`'s do: the idempotency middleware
+    then skips shielding its claims from cancellation, which could not interrupt them anyway.
+    Any other store is assumed to suspend.
+    """
 
     backend: str
     """A short backend name (``memory``, ``redis``, ``sql``) for metrics and logs."""
