@@ -252,3 +252,14 @@ async def test_assert_rate_limited_checks_the_policy_and_its_fields() -> None:
     )
     with pytest.raises(AssertionError, match="earlier than a t"):
         assert_rate_limited(forged)
+
+
+def test_fake_clock_steps_back_only_when_asked() -> None:
+    """``advance`` refuses a negative step; ``step_back`` jumps back like an NTP correction."""
+    clock = FakeClock(100.0)
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+    clock.step_back(30)
+    assert clock() == 70.0
+    with pytest.raises(ValueError):
+        clock.step_back(-1)

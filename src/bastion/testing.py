@@ -67,8 +67,15 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward; a clock that runs backwards would hide expiry bugs."""
         if seconds < 0:
-            raise ValueError("a FakeClock only moves forward")
+            raise ValueError("a FakeClock only moves forward; use step_back for a clock jump")
         self.now += seconds
+
+    def step_back(self, seconds: float) -> None:
+        """Jump back, as a wall clock does after an NTP step or a restored VM snapshot: a
+        store must neither expire anything early nor hand a held key to a second claim."""
+        if seconds < 0:
+            raise ValueError("step_back takes a positive number of seconds")
+        self.now -= seconds
 
 
 class Hang:

@@ -114,13 +114,13 @@ async def test_renewal_after_the_clock_steps_back_keeps_the_lease(clock: FakeClo
     runs its full length from the latest time seen, so no second claim gets in early."""
     store = MemoryStore(clock=clock)
     await store.claim("k", "fp", "t1", lease_ms=LEASE)
-    clock.advance(-30)
+    clock.step_back(30)
     assert (await store.claim("k", "fp", "t2", lease_ms=LEASE)).lease_remaining_ms == LEASE
     assert await store.renew("k", "t1", lease_ms=LEASE)
     clock.advance(30 + 20)
     assert await _held(store, "k")
     assert await store.complete("k", "t1", b"k", ttl_ms=10_000)
-    clock.advance(-30)
+    clock.step_back(30)
     clock.advance(30 + 9)
     assert await _replayed(store, "k")
 
