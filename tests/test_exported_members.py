@@ -119,6 +119,7 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "bastion.stores": [
         "Claim",
+        "ConcurrencyStore",
         "IdempotencyStore",
         "MemoryStore",
         "RateLimitDecision",
@@ -126,6 +127,8 @@ PUBLIC: dict[str, list[str]] = {
         "RateLimitStore",
         "RedisStore",
         "SQLStore",
+        "SlotDecision",
+        "SlotRequest",
         "Store",
         "TierValidatingStore",
         "TransactionalIdempotencyStore",

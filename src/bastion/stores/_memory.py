@@ -14,7 +14,13 @@ from typing import Generic, TypeVar
 
 from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError
-from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import (
+    Claim,
+    RateLimitDecision,
+    RateLimitHit,
+    SlotDecision,
+    SlotRequest,
+)
 from bastion.typing import Clock
 
 __all__ = ["MemoryStore"]
@@ -127,6 +133,16 @@ class _RecordMap(_ExpiringMap[_Record]):
         return value.response is None
 
 
+class _SlotMap(_ExpiringMap[dict[str, int]]):
+    """Per key, the live holders' tokens and deadlines; a key expires with its last lease."""
+
+    __slots__ = ()
+
+    def pinned(self, value: dict[str, int]) -> bool:
+        # a held slot guards a running request: evicting it would admit one too many
+        return bool(value)
+
+
 class MemoryStore:
     """Idempotency records and rate-limit buckets in this process's memory.
 
@@ -215,3 +231,54 @@ class MemoryStore:
             for one, state in zip(hits, states, strict=True):
                 buckets.put(one.key, state, expires_at(one, state), now)
         return decisions
+
+    # -- concurrency slots ------------------------------------------------------------------
+
+    def _slot_map(self) -> _SlotMap:
+        slots: _SlotMap | None = self.__dict__.get("_slots")
+        if slots is None:
+            slots = self.__dict__["_slots"] = _SlotMap(DEFAULT_MAX_BUCKETS)
+        return slots
+
+    def _holders(self, key: str, now: int) -> dict[str, int]:
+        holders = self._slot_map().get(key, now)
+        if holders is None:
+            return {}
+        for token in [t for t, until in holders.items() if until <= now]:
+            del holders[token]
+        return holders
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        now = self._now()
+        found = [self._holders(key, now) for key, _ in slots]
+        acquired = all(
+            len(h) < limit or token in h for h, (_, limit) in zip(found, slots, strict=True)
+        )
+        decisions: list[SlotDecision] = []
+        for holders, (key, limit) in zip(found, slots, strict=True):
+            if acquired:
+                holders[token] = now + lease_ms
+                self._slot_map().put(key, holders, max(holders.values()), now)
+            decisions.append(SlotDecision(acquired, limit, len(holders)))
+        return decisions
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        now = self._now()
+        held = True
+        for key in keys:
+            holders = self._holders(key, now)
+            if token not in holders:
+                held = False
+                continue
+            holders[token] = now + lease_ms
+            self._slot_map().touch(key, max(holders.values()))
+        return held
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        now = self._now()
+        for key in keys:
+            holders = self._holders(key, now)
+            if holders.pop(token, None) is not None and not holders:
+                self._slot_map().delete(key)

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from bastion.exceptions import ConfigurationError, missing_extra
-from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import (
+    Claim,
+    RateLimitDecision,
+    RateLimitHit,
+    SlotDecision,
+    SlotRequest,
+)
 from bastion.typing import Clock
 
 try:
@@ -271,3 +277,40 @@ class RedisStore:
             )
             for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
         ]
+
+    # -- concurrency slots ------------------------------------------------------------------
+
+    def slot_key(self, key: str) -> str:
+        """The Redis key of a concurrency tier's holders, hash-tagged like the buckets so one
+        request's slots are taken in one script on Redis Cluster too."""
+        return f"{self.prefix}:cc:{{{self.hash_tag}}}:{key}"
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        if not slots:
+            return []
+        reply = await self._run(
+            "concurrency_acquire",
+            [self.slot_key(key) for key, _ in slots],
+            [token, lease_ms, self._now(), self._slack, *(limit for _, limit in slots)],
+        )
+        acquired = reply[0] == 1
+        return [
+            SlotDecision(acquired, limit, int(count))
+            for (_, limit), count in zip(slots, reply[1:], strict=True)
+        ]
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        if not keys:
+            return True
+        reply = await self._run(
+            "concurrency_renew",
+            [self.slot_key(key) for key in keys],
+            [token, lease_ms, self._now(), self._slack],
+        )
+        return bool(reply == 1)
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        if keys:
+            await self._run("concurrency_release", [self.slot_key(key) for key in keys], [token])
