@@ -87,10 +87,18 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "bastion.ratelimit": [
         "AddressResolver",
+        "LimitOverrides",
         "RateLimitMiddleware",
         "RateLimitSettings",
         "Tier",
         "presets",
+    ],
+    "bastion.ratelimit.costs": [
+        "Cost",
+        "InvalidCost",
+        "content_length",
+        "custom",
+        "header",
     ],
     "bastion.ratelimit.keys": [
         "CLIENT_ADDRESS",
@@ -148,6 +156,7 @@ NOT_EXPORTED: dict[str, set[str]] = {
     # used across bastion, documented as a helper, not part of `from ... import *`
     "bastion.exceptions": {"missing_extra"},
     "bastion.ratelimit.keys": {"MAX_PLAIN_KEY"},
+    "bastion.ratelimit.costs": {"BodyNotMeasurable", "MAX_COST_DIGITS"},
     "bastion.observe": {"T"},
 }
 """Public-looking names a public module binds but does not export, each kept on purpose."""
