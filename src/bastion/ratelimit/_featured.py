@@ -188,10 +188,8 @@ class Featured:
             if tier.cost_of is not None:
                 try:
                     cost = min(tier.cost_of(view), limit + 1)  # more never fits either
-                except BodyNotMeasurable as exc:
-                    await self._bad_request(scope, send, 413, "request-too-large", str(exc))
                 except InvalidCost as exc:
-                    await self._bad_request(scope, send, 400, "invalid-cost", str(exc))
+                    await self._bad_cost(scope, send, exc)
             entries.append(_Entry(tier, key, limit, cost))
         return entries, slots
 
@@ -430,26 +428,20 @@ class Featured:
         )
         raise _Answered
 
-    async def _bad_request(
-        self, scope: Scope, send: Send, status: int, kind: str, why: str
-    ) -> None:
+    async def _bad_cost(self, scope: Scope, send: Send, exc: InvalidCost) -> None:
         scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        title = "Request too large to measure" if status == 413 else "Invalid request cost"
-        await send_problem(send, status, kind, title, why)
+        if isinstance(exc, BodyNotMeasurable):
+            await send_problem(
+                send, 413, "request-too-large", "Request too large to measure", str(exc)
+            )
+        else:
+            await send_problem(send, 400, "invalid-cost", "Invalid request cost", str(exc))
         raise _Answered
 
 
 async def _quota_exceeded(
     send: Send, names: list[str], retry_after: int, fields: list[tuple[bytes, bytes]]
 ) -> None:
-    from bastion.ratelimit._middleware import QUOTA_EXCEEDED
+    from bastion.ratelimit._middleware import send_quota_exceeded
 
-    await send_problem(
-        send,
-        429,
-        "quota-exceeded",
-        "Request cannot be satisfied as assigned quota has been exceeded",
-        f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
-        headers=fields,
-        extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
-    )
+    await send_quota_exceeded(send, names, retry_after, fields)

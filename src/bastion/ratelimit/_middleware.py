@@ -333,6 +333,21 @@ class RateLimitMiddleware:
         )
 
 
+async def send_quota_exceeded(
+    send: Send, names: list[str], retry_after: int, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """The 429 of the longer path (`bastion.ratelimit._featured`), the same as `_deny`'s."""
+    await send_problem(
+        send,
+        429,
+        "quota-exceeded",
+        "Request cannot be satisfied as assigned quota has been exceeded",
+        f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
+        headers=fields,
+        extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
+    )
+
+
 def _all_allowed(decisions: object, count: int) -> bool:
     """Whether every decision allows the request; `StoreError` unless the store answered one
     `RateLimitDecision` of integers per hit, so that a store's bug gets the store-failure
