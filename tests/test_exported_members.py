@@ -88,10 +88,18 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "bastion.ratelimit": [
         "AddressResolver",
+        "LimitOverrides",
         "RateLimitMiddleware",
         "RateLimitSettings",
         "Tier",
         "presets",
+    ],
+    "bastion.ratelimit.costs": [
+        "Cost",
+        "InvalidCost",
+        "content_length",
+        "custom",
+        "header",
     ],
     "bastion.ratelimit.keys": [
         "CLIENT_ADDRESS",
@@ -120,6 +128,7 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "bastion.stores": [
         "Claim",
+        "ConcurrencyStore",
         "IdempotencyStore",
         "MemoryStore",
         "RateLimitDecision",
@@ -127,6 +136,8 @@ PUBLIC: dict[str, list[str]] = {
         "RateLimitStore",
         "RedisStore",
         "SQLStore",
+        "SlotDecision",
+        "SlotRequest",
         "Store",
         "TierValidatingStore",
         "TransactionalIdempotencyStore",
@@ -146,6 +157,7 @@ NOT_EXPORTED: dict[str, set[str]] = {
     # used across bastion, documented as a helper, not part of `from ... import *`
     "bastion.exceptions": {"missing_extra"},
     "bastion.ratelimit.keys": {"MAX_PLAIN_KEY"},
+    "bastion.ratelimit.costs": {"BodyNotMeasurable", "MAX_COST_DIGITS"},
     "bastion.observe": {"T"},
 }
 """Public-looking names a public module binds but does not export, each kept on purpose."""

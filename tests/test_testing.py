@@ -257,9 +257,9 @@ async def test_assert_rate_limited_checks_the_policy_and_its_fields() -> None:
 def test_fake_clock_steps_back_only_when_asked() -> None:
     """``advance`` refuses a negative step; ``step_back`` jumps back like an NTP correction."""
     clock = FakeClock(100.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="only moves forward"):
         clock.advance(-1)
     clock.step_back(30)
     assert clock() == 70.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         clock.step_back(-1)

@@ -36,7 +36,8 @@ IdempotencyOutcome = Literal[
     "lease_lost",
     "record_unreadable",
 ]
-RateLimitOutcome = Literal["allowed", "limited", "store_error"]
+RateLimitOutcome = Literal["allowed", "limited", "would_limit", "store_error"]
+"""``would_limit``: a shadow tier would have refused the request, which went through."""
 
 T = TypeVar("T")
 

@@ -7,7 +7,15 @@ from typing import Any
 import anyio
 import pytest
 
-from bastion.stores import Claim, IdempotencyStore, RateLimitHit, RateLimitStore
+from bastion.stores import (
+    Claim,
+    ConcurrencyStore,
+    IdempotencyStore,
+    RateLimitHit,
+    RateLimitStore,
+    SlotDecision,
+    SlotRequest,
+)
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -256,3 +264,87 @@ async def test_concurrent_hits_never_exceed_limit(store: Any) -> None:
         for _ in range(200):
             tg.start_soon(one)
     assert allowed.count(True) == 50
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "gcra"])
+async def test_a_repeated_bucket_keeps_the_state_of_its_last_hit(
+    store: Any, algorithm: str
+) -> None:
+    """A bucket hit twice in one call is decided each time against its state before the
+    call and keeps its last hit's state: a hit of cost 1 then of cost 0 charges nothing,
+    yet is refused (charging no other tier) once the bucket is exhausted."""
+
+    def hit(key: str, cost: int, limit: int = 2) -> RateLimitHit:
+        return RateLimitHit(key, algorithm, limit, 60_000, cost)  # type: ignore[arg-type]
+
+    for _ in range(3):
+        decisions = await store.hit([hit("other", 1, 10), hit("probe", 1), hit("probe", 0)])
+        assert [d.allowed for d in decisions] == [True, True, True]
+        assert decisions[2].remaining == 2
+    assert (await store.hit([hit("probe", 2)]))[0].allowed  # nothing was charged
+    decisions = await store.hit([hit("other", 1, 10), hit("probe", 1), hit("probe", 0)])
+    assert [d.allowed for d in decisions] == [True, False, True]
+    assert decisions[2].remaining == 0
+    assert (await store.hit([hit("other", 1, 10)]))[0].remaining == 6
+
+
+# -- concurrency slots -----------------------------------------------------------------------
+
+
+async def test_implements_the_concurrency_protocol(store: Any) -> None:
+    """Every backend offers concurrency slots."""
+    assert isinstance(store, ConcurrencyStore)
+
+
+async def test_slots_are_taken_up_to_the_limit_and_given_back(store: Any) -> None:
+    """``limit`` holders get a slot, the next does not, and a release frees one."""
+    slot = [SlotRequest("k", 2)]
+    assert await store.acquire_slots(slot, "a", lease_ms=LEASE) == [SlotDecision(True, 2, 1)]
+    assert await store.acquire_slots(slot, "b", lease_ms=LEASE) == [SlotDecision(True, 2, 2)]
+    assert await store.acquire_slots(slot, "c", lease_ms=LEASE) == [SlotDecision(False, 2, 2)]
+    await store.release_slots(["k"], "a")
+    await store.release_slots(["k"], "a")  # releasing twice is harmless
+    assert await store.acquire_slots(slot, "c", lease_ms=LEASE) == [SlotDecision(True, 2, 2)]
+
+
+async def test_slots_are_taken_all_or_none(store: Any) -> None:
+    """When one key is full, no slot of the request's other keys is taken."""
+    await store.acquire_slots([SlotRequest("full", 1)], "a", lease_ms=LEASE)
+    decisions = await store.acquire_slots(
+        [SlotRequest("roomy", 5), SlotRequest("full", 1)], "b", lease_ms=LEASE
+    )
+    assert decisions == [SlotDecision(False, 5, 0), SlotDecision(False, 1, 1)]
+    assert (await store.acquire_slots([SlotRequest("roomy", 1)], "c", lease_ms=LEASE))[0].acquired
+
+
+async def test_a_dead_holders_slot_frees_itself(store: Any, clock: FakeClock) -> None:
+    """A lease not renewed before its deadline is no longer counted; a renewed one is."""
+    slot = [SlotRequest("k", 2)]
+    await store.acquire_slots(slot, "dead", lease_ms=1_000)
+    await store.acquire_slots(slot, "alive", lease_ms=1_000)
+    clock.advance(0.8)
+    assert await store.renew_slots(["k"], "alive", lease_ms=1_000) is True
+    clock.advance(0.5)
+    assert await store.renew_slots(["k"], "dead", lease_ms=1_000) is False
+    assert await store.acquire_slots(slot, "new", lease_ms=1_000) == [SlotDecision(True, 2, 2)]
+    assert await store.acquire_slots(slot, "late", lease_ms=1_000) == [SlotDecision(False, 2, 2)]
+
+
+async def test_slots_of_other_keys_are_independent(store: Any) -> None:
+    """A full key leaves other keys free."""
+    await store.acquire_slots([SlotRequest("x", 1)], "a", lease_ms=LEASE)
+    assert (await store.acquire_slots([SlotRequest("y", 1)], "a", lease_ms=LEASE))[0].acquired
+
+
+async def test_concurrent_acquisitions_never_exceed_the_limit(store: Any) -> None:
+    """50 simultaneous acquisitions of a key with 5 slots: exactly 5 get one."""
+    taken: list[bool] = []
+
+    async def one(i: int) -> None:
+        decision = await store.acquire_slots([SlotRequest("c", 5)], f"t{i}", lease_ms=LEASE)
+        taken.append(decision[0].acquired)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert taken.count(True) == 5

@@ -46,7 +46,7 @@ async def _count(store: SQLStore, table: Table) -> int:
 
 def test_module_metadata_names_the_default_tables() -> None:
     """`bastion.stores.sql.metadata` is ready for Alembic's target_metadata."""
-    assert set(metadata.tables) == {"bastion_records", "bastion_buckets"}
+    assert set(metadata.tables) == {"bastion_records", "bastion_buckets", "bastion_slots"}
     records = metadata.tables["bastion_records"]
     assert [c.name for c in records.primary_key] == ["key"]
     assert {i.name for i in records.indexes} == {"ix_bastion_records_expires_at"}
@@ -68,8 +68,8 @@ def test_tables_join_an_application_metadata() -> None:
     assert define_tables(mine, "app_") == tables
     store = SQLStore(url="sqlite+aiosqlite://", table_prefix="app_", metadata=mine)
     assert store.tables.records is mine.tables["app_records"]
-    assert set(mine.tables) == {"orders", "app_records", "app_buckets"}
-    assert set(build_metadata("x_").tables) == {"x_records", "x_buckets"}
+    assert set(mine.tables) == {"orders", "app_records", "app_buckets", "app_slots"}
+    assert set(build_metadata("x_").tables) == {"x_records", "x_buckets", "x_slots"}
 
 
 @pytest.mark.parametrize("prefix", ["", "1abc", "bad-prefix", "a b", "x" * 41, 'q"'])
@@ -88,7 +88,7 @@ async def test_create_tables_creates_only_the_store_tables(tmp_path: Path) -> No
     await store.create_tables()
     async with store.engine.connect() as conn:
         names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
-    assert sorted(names) == ["bastion_buckets", "bastion_records"]
+    assert sorted(names) == ["bastion_buckets", "bastion_records", "bastion_slots"]
     await store.aclose()
 
 
@@ -430,7 +430,7 @@ async def test_from_url_picks_the_async_driver(tmp_path: Path) -> None:
     other = bastion.stores.from_url(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", table_prefix="z_")
     assert isinstance(other, bastion.stores.SQLStore)
     assert other.backend == "sql"
-    assert set(other.metadata.tables) == {"z_records", "z_buckets"}
+    assert set(other.metadata.tables) == {"z_records", "z_buckets", "z_slots"}
     for one in (store, other):
         await one.aclose()
 

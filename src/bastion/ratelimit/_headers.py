@@ -36,7 +36,8 @@ LEGACY_REMAINING = b"x-ratelimit-remaining"
 LEGACY_RESET = b"x-ratelimit-reset"
 
 LimitItem = tuple[int, int, bytes, int]
-"""(remaining, seconds, `limit_prefix` of the policy, quota): one tier's state in a response."""
+"""(remaining, seconds, `limit_prefix` of the policy, quota): one tier's state in a response.
+Seconds below 0 leave ``t`` out: a concurrency limit cannot say when a slot frees."""
 
 
 def sf_string(value: str) -> bytes:
@@ -46,9 +47,16 @@ def sf_string(value: str) -> bytes:
     return b'"' + value.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
 
 
-def policy_item(name: str, quota: int, window: int) -> bytes:
-    """One ``RateLimit-Policy`` item: ``"name";q=quota;w=window``."""
-    return sf_string(name) + b";q=%d;w=%d" % (quota, window)
+def policy_item(name: str, quota: int, window: int | None, unit: str | None = None) -> bytes:
+    """One ``RateLimit-Policy`` item: ``"name";q=quota;w=window``, with ``qu="unit"`` after
+    ``q`` unless the unit is the draft's default (``requests``), and no ``w`` for a quota
+    with no time window (concurrent requests)."""
+    item = sf_string(name) + b";q=%d" % quota
+    if unit is not None and unit != "requests":
+        item += b";qu=" + sf_string(unit)
+    if window is not None:
+        item += b";w=%d" % window
+    return item
 
 
 def seconds(milliseconds: int) -> int:
@@ -65,7 +73,7 @@ def rate_fields(
     policy: bytes, items: list[LimitItem], *, legacy: bool
 ) -> list[tuple[bytes, bytes]]:
     """The response fields: the ``policy`` value as given, ``items`` most restrictive first."""
-    if len(items) == 2:  # the common case, without a sort and a join
+    if len(items) == 2 and items[0][1] >= 0 and items[1][1] >= 0:  # the common case
         first, second = items
         if second[0] < first[0] or (second[0] == first[0] and second[1] > first[1]):
             first, second = items[0], items[1] = second, first
@@ -79,14 +87,21 @@ def rate_fields(
         )
     else:
         items.sort(key=_restrictive)
-        limits = b", ".join([b"%s%d;t=%d" % (item[2], item[0], item[1]) for item in items])
+        limits = b", ".join(
+            [
+                b"%s%d;t=%d" % (item[2], item[0], item[1])
+                if item[1] >= 0
+                else b"%s%d" % (item[2], item[0])
+                for item in items
+            ]
+        )
     fields = [(RATELIMIT_POLICY, policy), (RATELIMIT, limits)]
     if legacy:
         remaining, wait, _, quota = items[0]
         fields += [
             (LEGACY_LIMIT, b"%d" % quota),
             (LEGACY_REMAINING, b"%d" % remaining),
-            (LEGACY_RESET, b"%d" % wait),
+            (LEGACY_RESET, b"%d" % max(0, wait)),
         ]
     return fields
 

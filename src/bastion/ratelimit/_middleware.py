@@ -15,6 +15,7 @@ from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.observe import NULL_OBSERVER, Observer, timed
+from bastion.ratelimit._featured import Featured
 from bastion.ratelimit._headers import (
     RETRY_AFTER,
     LimitItem,
@@ -28,6 +29,7 @@ from bastion.ratelimit._settings import RateLimitSettings
 from bastion.ratelimit._tiers import Tier, compile_routes
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import (
+    ConcurrencyStore,
     RateLimitDecision,
     RateLimitHit,
     RateLimitStore,
@@ -52,38 +54,62 @@ class _Tier:
 
     __slots__ = (
         "algorithm",
+        "concurrency",
         "cost",
+        "cost_of",
+        "count_when",
         "everything",
         "exact",
         "fail_open",
+        "featured",
         "hits",
         "key",
         "limit",
         "limit_prefix",
         "name",
         "needs_body",
+        "overrides",
         "pattern",
         "policy",
         "prefix",
+        "shadow",
+        "unit",
+        "window",
         "window_ms",
     )
 
-    def __init__(self, tier: Tier, fail_open: bool) -> None:
+    def __init__(self, tier: Tier, fail_open: bool, shadow: bool = False) -> None:
         matcher = compile_routes(tier.routes)
         self.everything = matcher.everything
         self.exact = matcher.exact
         self.pattern = matcher.pattern
         self.name = tier.name
         self.key = tier.key
-        self.needs_body = bool(tier.key.needs_body)
+        self.needs_body = bool(tier.key.needs_body) or bool(getattr(tier.cost, "needs_body", False))
         self.prefix = tier.name + ":"
         self.algorithm = tier.algorithm
         self.limit = tier.limit
+        self.window = None if tier.concurrency else tier.window
         self.window_ms = tier.window_ms
-        self.cost = tier.cost
+        # a computed cost (cost_of) is asked per request; `cost` is then a placeholder
+        self.cost_of = None if isinstance(tier.cost, int) else tier.cost
+        self.cost = tier.cost if isinstance(tier.cost, int) else 1
         self.fail_open = fail_open if tier.fail_open is None else tier.fail_open
         self.limit_prefix = limit_prefix(tier.name)
-        self.policy = policy_item(tier.name, tier.limit, tier.window)
+        self.unit = tier.unit
+        self.policy = policy_item(tier.name, tier.limit, self.window, tier.unit)
+        self.shadow = shadow or tier.shadow
+        when = tier.count_when
+        self.count_when = when.__contains__ if isinstance(when, frozenset) else when
+        self.overrides = tier.overrides
+        self.concurrency = tier.concurrency
+        self.featured = bool(
+            self.shadow
+            or self.cost_of is not None
+            or self.count_when is not None
+            or self.overrides is not None
+            or self.concurrency
+        )
         # the same key asks for the same (immutable) hit every time: build it once
         self.hits: dict[str, RateLimitHit] = {}
 
@@ -100,11 +126,14 @@ class _Tier:
 class _Group:
     """The tiers that may apply to one method, and their policy field when all of them do."""
 
-    __slots__ = ("policy", "tiers")
+    __slots__ = ("featured", "policy", "tiers")
 
     def __init__(self, tiers: tuple[_Tier, ...]) -> None:
         self.tiers = tiers
         self.policy = b", ".join(tier.policy for tier in tiers)
+        # any tier using shadow mode, a computed cost, overrides, count_when or concurrency
+        # sends the request down the longer path; without them the path is as it always was
+        self.featured = any(tier.featured for tier in tiers)
 
 
 class RateLimitMiddleware:
@@ -134,11 +163,21 @@ class RateLimitMiddleware:
             raise ConfigurationError("RateLimitSettings.tiers is empty: nothing would be limited")
         if isinstance(store, TierValidatingStore):
             # a tier this backend cannot decide would otherwise fail on every request it
-            # matches, quietly turned into the fail-open or fail-closed answer
+            # matches, quietly turned into the fail-open or fail-closed answer (a computed
+            # cost is capped at limit + 1, which never fits)
             for tier in settings.tiers:
-                store.validate_hit(
-                    RateLimitHit(tier.name, tier.algorithm, tier.limit, tier.window_ms, tier.cost)
-                )
+                if not tier.concurrency:
+                    cost = tier.cost if isinstance(tier.cost, int) else tier.limit + 1
+                    store.validate_hit(
+                        RateLimitHit(tier.name, tier.algorithm, tier.limit, tier.window_ms, cost)
+                    )
+        if any(tier.concurrency for tier in settings.tiers) and not isinstance(
+            store, ConcurrencyStore
+        ):
+            raise ConfigurationError(
+                f"{type(store).__name__} does not implement the concurrency store protocol, "
+                "which concurrency tiers need"
+            )
         self.app = app
         self.store = store
         self.settings = settings
@@ -154,7 +193,8 @@ class RateLimitMiddleware:
             proxy_header=settings.proxy_header,
             ipv6_prefix_length=settings.ipv6_prefix_length,
         )
-        tiers = [_Tier(tier, settings.fail_open) for tier in settings.tiers]
+        tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
+        self._featured = Featured(self)
         # tiers by method, so a request only looks at the tiers that can apply to it
         pairs = list(zip(tiers, settings.tiers, strict=True))
         methods = {method for tier in settings.tiers for method in tier.methods}
@@ -190,6 +230,9 @@ class RateLimitMiddleware:
             except ClientDisconnected:
                 return
         view = RequestView(scope, self._resolver, body)
+        if group.featured:
+            await self._featured(scope, receive, send, view, applicable)
+            return
         hits: list[RateLimitHit] = []
         tiers: list[_Tier] = []
         for tier in applicable:
@@ -288,6 +331,21 @@ class RateLimitMiddleware:
             "The request was not run because its rate limits could not be checked.",
             headers=[(RETRY_AFTER, self._unavailable_after)],
         )
+
+
+async def send_quota_exceeded(
+    send: Send, names: list[str], retry_after: int, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """The 429 of the longer path (`bastion.ratelimit._featured`), the same as `_deny`'s."""
+    await send_problem(
+        send,
+        429,
+        "quota-exceeded",
+        "Request cannot be satisfied as assigned quota has been exceeded",
+        f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
+        headers=fields,
+        extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
+    )
 
 
 def _all_allowed(decisions: object, count: int) -> bool:

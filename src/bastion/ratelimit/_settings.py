@@ -48,6 +48,14 @@ class RateLimitSettings(EnvSettings):
     """Largest body buffered for a JSON-field key; a larger one falls back to the next key."""
     store_error_retry_after: int = 1
     """``Retry-After`` seconds on the 503 sent when the store fails and a tier fails closed."""
+    shadow: bool = False
+    """Shadow mode for every tier: decide, count (``outcome="would_limit"``) and log, but let
+    every request through with no rate-limit fields; see `Tier.shadow`."""
+    concurrency_lease: int = 30
+    """Seconds a concurrency slot outlives a worker that died holding it; renewed every third
+    of it while the request runs."""
+    concurrency_retry_after: int = 1
+    """``Retry-After`` seconds on a 429 from a concurrency tier: when a slot frees is unknown."""
 
     def __post_init__(self) -> None:
         tiers = tuple(self.tiers)
@@ -68,3 +76,7 @@ class RateLimitSettings(EnvSettings):
             raise ConfigurationError("max_body_bytes cannot be negative")
         if self.store_error_retry_after < 0:
             raise ConfigurationError("store_error_retry_after cannot be negative")
+        if self.concurrency_lease < 1 or self.concurrency_retry_after < 1:
+            raise ConfigurationError(
+                "concurrency_lease and concurrency_retry_after must be at least 1 second"
+            )

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
 
 from bastion._paths import normal_path
 from bastion.exceptions import ConfigurationError
+from bastion.ratelimit._overrides import LimitOverrides
+from bastion.ratelimit.costs import Cost
 from bastion.ratelimit.keys import (
     CLIENT_ADDRESS,
     KeyExtractor,
@@ -27,6 +29,7 @@ from bastion.stores._protocols import Algorithm
 __all__ = ["RouteMatcher", "Tier", "compile_routes", "presets"]
 
 ALGORITHMS = frozenset(get_args(Algorithm))
+_UNIT = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?}")
 _CONVERTORS = {
@@ -125,19 +128,67 @@ class Tier:
     key: KeyExtractor = CLIENT_ADDRESS
     routes: tuple[str, ...] = ()
     methods: frozenset[str] = frozenset()
-    cost: int = 1
+    cost: int | Cost = 1
+    """What one request spends: an integer, or a `bastion.ratelimit.costs` function."""
     fail_open: bool | None = None
+    unit: str | None = None
+    """The quota unit, the ``qu`` of RateLimit-Policy: None takes the cost function's
+    (``content-bytes`` for `costs.content_length`), else the draft's default, ``requests``,
+    which is not written. ``requests``, ``content-bytes`` and ``concurrent-requests`` are the
+    draft's registered units; another is allowed for a private API."""
+    shadow: bool = False
+    """Decide, count (``outcome="would_limit"``) and log, but never refuse a request or send
+    this tier's fields; see the shadow-mode section of docs/rate-limiting.md."""
+    count_when: Collection[int] | Callable[[int], bool] | None = None
+    """Charge only responses whose status is in this collection (or for which this function
+    is true), after the response; a request is refused while the bucket is exhausted."""
+    overrides: LimitOverrides | None = None
+    """Per-key limits from a provider (a plan lookup); the static ``limit`` is the fallback."""
+    concurrency: bool = False
+    """Limit requests in flight instead of requests per window (`Tier.concurrent`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ConfigurationError(
                 f"tier name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-'"
             )
-        for field, value in (("limit", self.limit), ("window", self.window), ("cost", self.cost)):
+        static = isinstance(self.cost, int)
+        numbers: list[tuple[str, object]] = [("limit", self.limit), ("window", self.window)]
+        if static:
+            numbers.append(("cost", self.cost))
+        for field, value in numbers:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"tier {self.name!r}: {field} must be an integer >= 1")
-        if self.cost > self.limit:
+        if not static and not (callable(self.cost) and hasattr(self.cost, "needs_body")):
+            raise ConfigurationError(
+                f"tier {self.name!r}: cost must be an integer or a bastion.ratelimit.costs function"
+            )
+        if static and self.cost > self.limit:  # type: ignore[operator]
             raise ConfigurationError(f"tier {self.name!r}: cost exceeds the limit")
+        unit = self.unit if self.unit is not None else getattr(self.cost, "unit", None)
+        if self.concurrency:
+            unit = "concurrent-requests"
+            if self.unit not in (None, unit) or self.cost != 1 or self.count_when is not None:
+                raise ConfigurationError(
+                    f"tier {self.name!r}: a concurrency tier takes no unit, cost or count_when"
+                )
+        if unit is not None and not (isinstance(unit, str) and _UNIT.fullmatch(unit)):
+            raise ConfigurationError(
+                f"tier {self.name!r}: unit must be lower-case letters, digits and '-'"
+            )
+        object.__setattr__(self, "unit", unit)
+        when: object = self.count_when
+        if when is not None and not callable(when):
+            statuses = frozenset(when)  # type: ignore[call-overload]
+            if not statuses or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+            ):
+                raise ConfigurationError(
+                    f"tier {self.name!r}: count_when must hold HTTP statuses or be a function"
+                )
+            object.__setattr__(self, "count_when", statuses)
+        if self.overrides is not None and not isinstance(self.overrides, LimitOverrides):
+            raise ConfigurationError(f"tier {self.name!r}: overrides must be a LimitOverrides")
         if self.algorithm not in ALGORITHMS:
             raise ConfigurationError(
                 f"tier {self.name!r}: algorithm must be one of {sorted(ALGORITHMS)}"
@@ -157,6 +208,14 @@ class Tier:
     @property
     def window_ms(self) -> int:
         return self.window * 1000
+
+    @classmethod
+    def concurrent(cls, name: str, limit: int, **options: Any) -> Tier:
+        """At most ``limit`` requests of a key in flight at once (``qu="concurrent-requests"``,
+        no window): each holds a slot, a lease renewed while it runs and given back when its
+        response ends or its client leaves; a worker that dies stops renewing, and its slots
+        free themselves when the lease runs out (``RateLimitSettings.concurrency_lease``)."""
+        return cls(name=name, limit=limit, window=1, concurrency=True, **options)
 
     # -- presets from the original plan ------------------------------------------------------
 

@@ -134,6 +134,11 @@ class RequestView:
                     self._json = json.loads(self._body)
         return self._json
 
+    @property
+    def body(self) -> bytes | None:
+        """The request body when a tier needed it and it fitted ``max_body_bytes``, else None."""
+        return self._body
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of a request header, ``name`` in lower case."""
         return _header(self.scope, name)

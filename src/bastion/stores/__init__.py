@@ -7,10 +7,13 @@ from typing import Any as _Any
 from bastion.stores._memory import MemoryStore
 from bastion.stores._protocols import (
     Claim,
+    ConcurrencyStore,
     IdempotencyStore,
     RateLimitDecision,
     RateLimitHit,
     RateLimitStore,
+    SlotDecision,
+    SlotRequest,
     Store,
     TierValidatingStore,
     TransactionalIdempotencyStore,
@@ -18,6 +21,7 @@ from bastion.stores._protocols import (
 
 __all__ = [
     "Claim",
+    "ConcurrencyStore",
     "IdempotencyStore",
     "MemoryStore",
     "RateLimitDecision",
@@ -25,6 +29,8 @@ __all__ = [
     "RateLimitStore",
     "RedisStore",
     "SQLStore",
+    "SlotDecision",
+    "SlotRequest",
     "Store",
     "TierValidatingStore",
     "TransactionalIdempotencyStore",

@@ -14,7 +14,13 @@ from typing import Any
 
 from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError, StoreCapacityError
-from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import (
+    Claim,
+    RateLimitDecision,
+    RateLimitHit,
+    SlotDecision,
+    SlotRequest,
+)
 from bastion.typing import Clock
 
 __all__ = ["MemoryStore"]
@@ -192,6 +198,7 @@ class MemoryStore:
             raise ConfigurationError("max_records and max_buckets must be at least 1")
         self._records = _ExpiringMap(max_records, indexed=False)
         self._buckets = _ExpiringMap(max_buckets, indexed=True)
+        self._slots = _ExpiringMap(max_buckets, indexed=True)
         self._clock = clock
         self._last = 0
 
@@ -306,3 +313,75 @@ class MemoryStore:
                 else:
                     buckets.move(one.key, queue, cls, rank, entry, now)
         return decisions
+
+    # -- concurrency slots ------------------------------------------------------------------
+    # One entry per key, (expires_at, {token: deadline}), expiring with its last holder's
+    # lease. A key with a live holder is never evicted (rank None), like a lease in flight: it
+    # guards running requests, and dropping it would admit one too many.
+
+    def _holders(self, key: str, now: int) -> tuple[_Queue | None, dict[str, int]]:
+        slots = self._slots
+        queue = slots.find(key)
+        if queue is None:
+            return None, {}
+        entry = queue[key]
+        if entry[0] <= now:
+            slots.remove(key, queue)
+            return None, {}
+        holders: dict[str, int] = entry[1]
+        for token in [t for t, until in holders.items() if until <= now]:
+            del holders[token]
+        return queue, holders
+
+    def _keep(
+        self, key: str, queue: _Queue | None, holders: dict[str, int], lease_ms: int, now: int
+    ) -> bool:
+        entry = (max(holders.values()), holders)
+        if queue is None:
+            return self._slots.add(key, ("slot", lease_ms), None, entry, now)
+        self._slots.move(key, queue, ("slot", lease_ms), None, entry, now)
+        return True
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        now = self._now()
+        found = [self._holders(key, now) for key, _ in slots]
+        acquired = all(
+            len(h) < limit or token in h for (_, h), (_, limit) in zip(found, slots, strict=True)
+        )
+        if acquired:
+            kept: list[str] = []
+            for (queue, holders), (key, _) in zip(found, slots, strict=True):
+                holders[token] = now + lease_ms
+                if not self._keep(key, queue, holders, lease_ms, now):
+                    del holders[token]
+                    await self.release_slots(kept, token)
+                    raise StoreCapacityError(
+                        f"the memory store holds {len(self._slots)} keys with requests in "
+                        "flight, its max_buckets; no concurrency slot can be taken"
+                    )
+                kept.append(key)
+        return [
+            SlotDecision(acquired, limit, len(holders))
+            for (_, holders), (_, limit) in zip(found, slots, strict=True)
+        ]
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        now = self._now()
+        held = True
+        for key in keys:
+            queue, holders = self._holders(key, now)
+            if token not in holders:
+                held = False
+                continue
+            holders[token] = now + lease_ms
+            self._keep(key, queue, holders, lease_ms, now)
+        return held
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        now = self._now()
+        for key in keys:
+            queue, holders = self._holders(key, now)
+            if holders.pop(token, None) is not None and not holders and queue is not None:
+                self._slots.remove(key, queue)

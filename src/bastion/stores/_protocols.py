@@ -14,15 +14,19 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from bastion._core.slots import SlotDecision, SlotRequest
 from bastion._core.types import Algorithm, Claim, RateLimitDecision, RateLimitHit
 
 __all__ = [
     "Algorithm",
     "Claim",
+    "ConcurrencyStore",
     "IdempotencyStore",
     "RateLimitDecision",
     "RateLimitHit",
     "RateLimitStore",
+    "SlotDecision",
+    "SlotRequest",
     "Store",
     "TierValidatingStore",
     "TransactionalIdempotencyStore",
@@ -108,6 +112,11 @@ class RateLimitStore(Store, Protocol):
 
         Each decision follows `bastion._core.algorithms`. When any hit is denied, no bucket
         is charged, so a denied request consumes nothing from the tiers that allowed it.
+
+        A bucket named by several hits is decided for each of them against its state before
+        the call, and keeps the state of its last hit: a count-on-response tier sends its
+        cost (to be refused when it no longer fits) followed by a cost of 0, so that an
+        allowed request is decided in the same step without being charged.
         """
 
 
@@ -122,3 +131,28 @@ class TierValidatingStore(Protocol):
 
     def validate_hit(self, hit: RateLimitHit) -> None:
         """Raise `ConfigurationError` when this store cannot decide ``hit`` exactly."""
+
+
+@runtime_checkable
+class ConcurrencyStore(Store, Protocol):
+    """Concurrency slots: at most ``limit`` live leases per key, shared by every process.
+
+    A request holds one lease per concurrency tier under a token of its own (opaque, unique
+    per request); every primitive is atomic across the keys it is given. A lease whose
+    deadline has passed is no longer counted, so a holder that died frees its slot by itself.
+    """
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        """Take a slot of every key for ``token`` for ``lease_ms``, all or none.
+
+        A key has a free slot when fewer than its ``limit`` live leases hold it. When any key
+        has none, no slot is taken; each decision still says how many hold its key.
+        """
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        """Extend ``token``'s live leases on ``keys``; False when any of them was lost."""
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        """Give ``token``'s slots on ``keys`` back; releasing one not held is not an error."""

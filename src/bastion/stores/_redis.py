@@ -21,7 +21,13 @@ import anyio
 
 from bastion.exceptions import ConfigurationError, StoreUnavailable, missing_extra
 from bastion.stores._breaker import CircuitBreaker
-from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import (
+    Claim,
+    RateLimitDecision,
+    RateLimitHit,
+    SlotDecision,
+    SlotRequest,
+)
 from bastion.typing import Clock
 
 try:
@@ -195,6 +201,7 @@ class RedisStore:
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"
         self._bucket_prefix = f"{prefix}:rl:"
+        self._slot_prefix = f"{prefix}:cc:"
         self._fixed_bucket_prefix = None if hash_tag is None else f"{prefix}:rl:{{{hash_tag}}}:"
 
     @classmethod
@@ -225,9 +232,14 @@ class RedisStore:
         principal (or by the fixed ``hash_tag``): one client's tiers share a slot."""
         if self._fixed_bucket_prefix is not None:
             return self._fixed_bucket_prefix + key
+        return self._tagged(self._bucket_prefix, key)
+
+    def _tagged(self, prefix: str, key: str) -> str:
+        if self.hash_tag is not None:
+            return f"{prefix}{{{self.hash_tag}}}:{key}"
         principal = key.partition(":")[2] or key
         tag = hashlib.blake2b(principal.encode("utf-8", "surrogatepass"), digest_size=8)
-        return f"{self._bucket_prefix}{{{tag.hexdigest()}}}:{key}"
+        return f"{prefix}{{{tag.hexdigest()}}}:{key}"
 
     async def _bounded(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call`` within the store's time bound, the wait for a connection included.
@@ -356,3 +368,40 @@ class RedisStore:
             )
             for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
         ]
+
+    # -- concurrency slots ------------------------------------------------------------------
+
+    def slot_key(self, key: str) -> str:
+        """The Redis key of a concurrency tier's holders, hash-tagged like the buckets so one
+        request's slots are taken in one script on Redis Cluster too."""
+        return self._tagged(self._slot_prefix, key)
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        if not slots:
+            return []
+        reply = await self._run(
+            "concurrency_acquire",
+            [self.slot_key(key) for key, _ in slots],
+            [token, lease_ms, self._now(), self._slack, *(limit for _, limit in slots)],
+        )
+        acquired = reply[0] == 1
+        return [
+            SlotDecision(acquired, limit, int(count))
+            for (_, limit), count in zip(slots, reply[1:], strict=True)
+        ]
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        if not keys:
+            return True
+        reply = await self._run(
+            "concurrency_renew",
+            [self.slot_key(key) for key in keys],
+            [token, lease_ms, self._now(), self._slack],
+        )
+        return bool(reply == 1)
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        if keys:
+            await self._run("concurrency_release", [self.slot_key(key) for key in keys], [token])

@@ -1,4 +1,4 @@
-"""The two tables of the SQL store, defined on a `MetaData` you can migrate with Alembic.
+"""The tables of the SQL store, defined on a `MetaData` you can migrate with Alembic.
 
 Times are BIGINT milliseconds from the store's clock, never database timestamps, so every
 backend compares the same integers the memory and Redis stores use. Key and token columns
@@ -40,10 +40,12 @@ def _exact(length: int) -> TypeEngine[str]:
 
 @dataclass(frozen=True, slots=True)
 class SQLTables:
-    """The store's tables: ``records`` (idempotency) and ``buckets`` (rate limits)."""
+    """The store's tables: ``records`` (idempotency), ``buckets`` (rate limits) and ``slots``
+    (concurrency limits)."""
 
     records: Table
     buckets: Table
+    slots: Table
 
     def function_ddl(self) -> list[str]:
         """The statements that create (or replace) the PostgreSQL function deciding rate
@@ -92,6 +94,21 @@ def _buckets(metadata: MetaData, prefix: str) -> Table:
     return table
 
 
+def _slots(metadata: MetaData, prefix: str) -> Table:
+    name = f"{prefix}slots"
+    return Table(
+        name,
+        metadata,
+        # one row per holder of a concurrency slot, plus one per key with an empty token that
+        # every acquisition of the key locks first, so that two never count at once
+        Column("key", _exact(KEY_BYTES), primary_key=True),
+        Column("token", _exact(TOKEN_BYTES), primary_key=True),
+        # the holder's lease deadline; a holder past it is dead and no longer counted
+        Column("expires_at", BigInteger, nullable=False),
+        Index(f"ix_{name}_expires_at", "expires_at"),
+    )
+
+
 def check_prefix(prefix: str) -> str:
     """Refuse prefixes that would need quoting or overflow identifier limits."""
     if not _PREFIX.match(prefix) or len(prefix) > _MAX_PREFIX:
@@ -110,15 +127,17 @@ def define_tables(metadata: MetaData, prefix: str = DEFAULT_PREFIX) -> SQLTables
     `SQLStore`.
     """
     check_prefix(prefix)
-    found = [metadata.tables.get(f"{prefix}{name}") for name in ("records", "buckets")]
+    found = [metadata.tables.get(f"{prefix}{name}") for name in ("records", "buckets", "slots")]
     records = found[0] if found[0] is not None else _records(metadata, prefix)
     buckets = found[1] if found[1] is not None else _buckets(metadata, prefix)
-    return SQLTables(records, buckets)
+    slots = found[2] if found[2] is not None else _slots(metadata, prefix)
+    return SQLTables(records, buckets, slots)
 
 
 def build_metadata(prefix: str = DEFAULT_PREFIX) -> MetaData:
-    """A fresh `MetaData` holding only the store's tables, named ``<prefix>records`` and
-    ``<prefix>buckets``; pass it to Alembic's ``target_metadata`` beside your own."""
+    """A fresh `MetaData` holding only the store's tables, named ``<prefix>records``,
+    ``<prefix>buckets`` and ``<prefix>slots``; pass it to Alembic's ``target_metadata``
+    beside your own."""
     metadata = MetaData()
     define_tables(metadata, prefix)
     return metadata

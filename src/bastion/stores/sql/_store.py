@@ -16,10 +16,17 @@ from sqlalchemy.pool import StaticPool
 
 from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError, MissingExtraError, StoreError, missing_extra
-from bastion.stores._protocols import Claim, RateLimitDecision, RateLimitHit
+from bastion.stores._protocols import (
+    Claim,
+    RateLimitDecision,
+    RateLimitHit,
+    SlotDecision,
+    SlotRequest,
+)
 from bastion.stores.sql._dialects import PING, Dialect, dialect_for
 from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
 from bastion.stores.sql._schema import DEFAULT_PREFIX, define_tables
+from bastion.stores.sql._slots import LOCK_TOKEN, SlotStatements
 from bastion.typing import Clock
 
 __all__ = ["SQLStore"]
@@ -207,7 +214,7 @@ class SQLStore:
         Several processes may call it at start-up at once: losing the race to create a
         table is not an error once the tables exist.
         """
-        tables = [self.tables.records, self.tables.buckets]
+        tables = [self.tables.records, self.tables.buckets, self.tables.slots]
         attempt = 0
         while True:
             try:
@@ -228,7 +235,7 @@ class SQLStore:
                     raise wrap(exc, "create_tables") from exc
 
     async def _tables_exist(self) -> bool:
-        names = (self.tables.records.name, self.tables.buckets.name)
+        names = (self.tables.records.name, self.tables.buckets.name, self.tables.slots.name)
         try:
             async with self.engine.connect() as conn:
                 found = await conn.run_sync(
@@ -248,7 +255,7 @@ class SQLStore:
         if batch < 1:
             raise ConfigurationError("batch must be at least 1")
         total = 0
-        for table in ("records", "buckets"):
+        for table in ("records", "buckets", "slots"):
             while True:
 
                 async def work(conn: AsyncConnection, table: str = table) -> int:
@@ -420,3 +427,58 @@ class SQLStore:
             ]
 
         return await self._run("hit", work, single=True)
+
+    # -- concurrency slots ----------------------------------------------------------------
+
+    def _slot_statements(self) -> SlotStatements:
+        statements: SlotStatements | None = self.__dict__.get("_slots")
+        if statements is None:
+            statements = SlotStatements(self.tables.slots, self._dialect.name)
+            self.__dict__["_slots"] = statements
+        return statements
+
+    async def acquire_slots(
+        self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
+    ) -> list[SlotDecision]:
+        if not slots:
+            return []
+        statements = self._slot_statements()
+        dialect = self._dialect
+        bound = [(dialect.key(key), limit) for key, limit in slots]
+        mine, lock = dialect.token(token), dialect.token(LOCK_TOKEN)
+
+        async def work(conn: AsyncConnection) -> list[SlotDecision]:
+            now = self._now()
+            return await statements.acquire(conn, bound, mine, lock, now, now + lease_ms)
+
+        return await self._run("acquire_slots", work)
+
+    async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
+        if not keys:
+            return True
+        statements = self._slot_statements()
+        bound = sorted({self._dialect.key(key) for key in keys})
+
+        async def work(conn: AsyncConnection) -> bool:
+            now = self._now()
+            params = {
+                "s_keys": bound,
+                "s_token": self._dialect.token(token),
+                "s_now": now,
+                "s_until": now + lease_ms,
+            }
+            return bool((await conn.execute(statements.extend, params)).rowcount == len(bound))
+
+        return await self._run("renew_slots", work, single=True)
+
+    async def release_slots(self, keys: Sequence[str], token: str) -> None:
+        if not keys:
+            return
+        statements = self._slot_statements()
+        bound = sorted({self._dialect.key(key) for key in keys})
+
+        async def work(conn: AsyncConnection) -> None:
+            params = {"s_keys": bound, "s_token": self._dialect.token(token)}
+            await conn.execute(statements.remove, params)
+
+        await self._run("release_slots", work, single=True)
