@@ -127,6 +127,7 @@ PUBLIC: dict[str, list[str]] = {
         "metrics_app",
     ],
     "bastion.stores": [
+        "CircuitBreaker",
         "Claim",
         "ConcurrencyStore",
         "IdempotencyStore",

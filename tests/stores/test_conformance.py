@@ -195,6 +195,20 @@ async def test_clock_stepping_back_expires_nothing_early(store: Any, clock: Fake
     assert (await store.claim("held", "fp", "t-other", lease_ms=LEASE)).response == b"ran once"
 
 
+async def test_renewal_from_a_clock_behind_never_shortens_a_lease(
+    store: Any, clock: FakeClock
+) -> None:
+    """A renewal made while the clock is 30 s behind (another worker's clock, or a step back)
+    keeps the deadline the lease already had, so no second claim gets the key early."""
+    await store.claim("k", "fp", "t1", lease_ms=LEASE)
+    clock.step_back(30)
+    assert await store.renew("k", "t1", lease_ms=LEASE)
+    clock.advance(30 + LEASE / 1000 - 0.5)
+    taken = await store.claim("k", "fp", "t2", lease_ms=LEASE)
+    assert not taken.acquired
+    assert taken.lease_remaining_ms > 0
+
+
 # -- rate limits ----------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import bastion.stores
 import bastion.stores.sql._store as store_module
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
-from bastion.stores import RateLimitHit
+from bastion.stores import CircuitBreaker, RateLimitHit
 from bastion.stores.sql import SQLStore, build_metadata, define_tables, metadata
 from bastion.stores.sql._dialects import dialect_for
 from bastion.stores.sql._errors import is_transient, wrap
@@ -329,6 +329,35 @@ async def test_unreachable_database_is_store_unavailable(url: str) -> None:
         await store.claim("k", "fp", "t", lease_ms=LEASE)
     with pytest.raises(StoreUnavailable):
         await store.hit([_hit("b")])
+    await store.aclose()
+
+
+async def test_breaker_skips_an_unreachable_database() -> None:
+    """After ``failures`` refused connections the breaker opens: calls fail at once without
+    connecting, until the cool-down lets one probe through."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=2, reset_after=5, clock=clock)
+    store = SQLStore(url="postgresql+asyncpg://postgres@127.0.0.1:1/test", breaker=breaker)
+    connects = 0
+
+    @event.listens_for(store.engine.sync_engine, "do_connect")
+    def count(*args: Any) -> None:
+        nonlocal connects
+        connects += 1
+
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    tried = connects
+    assert breaker.state == "open"
+    with pytest.raises(StoreUnavailable, match="circuit breaker open"):
+        await store.claim("k", "fp", "t", lease_ms=LEASE)
+    assert connects == tried
+    clock.advance(5)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()  # the probe connects, fails, and opens the breaker again
+    assert connects > tried
+    assert breaker.state == "open"
     await store.aclose()
 
 

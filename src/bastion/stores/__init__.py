@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any as _Any
 
+from bastion.stores._breaker import CircuitBreaker
 from bastion.stores._memory import MemoryStore
 from bastion.stores._protocols import (
     Claim,
@@ -20,6 +21,7 @@ from bastion.stores._protocols import (
 )
 
 __all__ = [
+    "CircuitBreaker",
     "Claim",
     "ConcurrencyStore",
     "IdempotencyStore",

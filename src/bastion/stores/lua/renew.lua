@@ -8,6 +8,8 @@ local record = redis.call('HMGET', KEYS[1], 't', 'd', 'r')
 if record[1] ~= ARGV[1] or record[3] or tonumber(record[2]) <= now then
   return 0
 end
-redis.call('HSET', KEYS[1], 'd', string.format('%d', now + tonumber(ARGV[2])))
+-- never shorten: a caller whose clock is behind must not bring the deadline forward
+local deadline = math.max(tonumber(record[2]), now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'd', string.format('%d', deadline))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1

@@ -58,7 +58,17 @@ class Dialect:
             & r.c.response.is_(None)
             & (r.c.expires_at > bindparam("p_now"))
         )
-        self.renew = update(r).where(held).values(expires_at=bindparam("p_until"))
+        # never shorten a lease: a caller whose clock is behind must not bring it forward
+        self.renew = (
+            update(r)
+            .where(held)
+            .values(
+                expires_at=case(
+                    (r.c.expires_at > bindparam("p_until"), r.c.expires_at),
+                    else_=bindparam("p_until"),
+                )
+            )
+        )
         self.complete = (
             update(r)
             .where(held)

@@ -16,6 +16,7 @@ from sqlalchemy.pool import StaticPool
 
 from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError, MissingExtraError, StoreError, missing_extra
+from bastion.stores._breaker import CircuitBreaker
 from bastion.stores._protocols import (
     Claim,
     RateLimitDecision,
@@ -105,7 +106,10 @@ class SQLStore:
     ``<table_prefix>buckets``, defined on ``metadata`` (yours, for Alembic) or a private one;
     `create_tables` creates them for the simple path. ``clock`` returns seconds and is
     injectable so tests never sleep: every process must share a synchronised clock, as lease
-    deadlines written by one are read by the others.
+    deadlines written by one are read by the others. ``breaker`` (a `CircuitBreaker`, one per
+    store by default) skips the database after consecutive failures, so each middleware's
+    fail-open or fail-closed answer comes at once while it is down; ``CircuitBreaker(
+    failures=0)`` turns it off.
     """
 
     backend = "sql"
@@ -119,6 +123,7 @@ class SQLStore:
         clock: Clock = time.time,
         metadata: MetaData | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if url is not None and engine is None:
             engine = _engine(url, engine_options)
@@ -146,6 +151,9 @@ class SQLStore:
         # an in-memory SQLite database lives in one shared connection: take turns on it
         self._serial = anyio.Lock() if isinstance(engine.pool, StaticPool) else None
         self._clock = clock
+        self.breaker = CircuitBreaker(name="sql store") if breaker is None else breaker
+        """Skips the database after consecutive failures (see `CircuitBreaker`), so a dead
+        database costs each request nothing once it is known to be down."""
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -182,7 +190,13 @@ class SQLStore:
         single: bool = False,
     ) -> T:
         """Run ``work`` in one transaction (or, for a single statement on a dialect that
-        allows it, outside one), again on transient conflicts, mapping every failure."""
+        allows it, outside one), again on transient conflicts, mapping every failure; through
+        the circuit breaker, so a database known to be down is not waited for."""
+        return await self.breaker.call(lambda: self._attempt(operation, work, single))
+
+    async def _attempt(
+        self, operation: str, work: Callable[[AsyncConnection], Awaitable[T]], single: bool
+    ) -> T:
         attempt = 0
         while True:
             try:
