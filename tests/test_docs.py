@@ -100,6 +100,25 @@ def test_link_checker_sees_links_outside_code() -> None:
     assert not any(link.startswith("http") for link in links)
 
 
+def _test_names() -> set[str]:
+    return {
+        node.name
+        for path in (ROOT / "tests").rglob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test_")
+    }
+
+
+@pytest.mark.parametrize("page", ["guarantees.md", "explanation.md"])
+def test_cited_tests_exist(page: str) -> None:
+    """Every test a guarantee is pinned by (a `test_…` name in the page) exists in tests/."""
+    cited = set(re.findall(r"`(test_\w+?)(?:\.py)?`", (DOCS / page).read_text(encoding="utf-8")))
+    files = {path.stem for path in (ROOT / "tests").rglob("test_*.py")}
+    assert cited, page
+    assert cited - _test_names() - files == set()
+
+
 def test_every_page_is_in_the_site_navigation() -> None:
     """mkdocs.yml lists every page under docs/, and every page it lists exists."""
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
