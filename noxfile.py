@@ -130,7 +130,10 @@ def _wheel_suite(session: nox.Session, pytest_args: list[str]) -> None:
         # puts only the copy's root on sys.path, so `import bastion` can only find the wheel
         copy = Path(tmp) / "tree"
         shutil.copytree(ROOT, copy, ignore=_NOT_COPIED)
-        _run(session, *pip, str(copy / "examples" / "reference_service"))
+        service = copy / "examples" / "reference_service"
+        # its own dependencies (the wheel already satisfies its `bastion[...]`), then its code
+        _run(session, str(python), "-m", "pip", "install", "-q", f"{service}[real]")
+        _run(session, *pip, str(service))
         env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
         where = subprocess.run(
             [str(python), "-c", "import bastion; print(bastion.__file__)"],
