@@ -45,6 +45,7 @@ from reference_service.db.engine import create_engine
 from reference_service.db.migrations import check_migrated
 from reference_service.jobs.memory import InProcessQueue
 from reference_service.jobs.queue import JobQueue
+from reference_service.openapi import document_middleware
 from reference_service.problems import install
 from reference_service.relayer import Relayer
 from reference_service.routes import admin, admin_page, claims, health, v2, webhook
@@ -126,7 +127,8 @@ def create_app(
         require_key=("/api/*",),
         exclude=("/api/commerce/webhook", "/api/admin/*"),
     )
-    rate_limits = RateLimitSettings.from_env(environ, tiers=rate_limit_tiers(environ))
+    tiers = rate_limit_tiers(environ)
+    rate_limits = RateLimitSettings.from_env(environ, tiers=tiers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -169,6 +171,7 @@ def create_app(
     for module in (claims, v2, webhook, admin, admin_page, health):
         app.include_router(module.router)
     app.router.routes.append(Route("/metrics", _MetricsEndpoint(service), methods=["GET", "HEAD"]))
+    document_middleware(app, idempotency, tiers)
     return app
 
 

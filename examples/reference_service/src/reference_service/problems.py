@@ -12,6 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -107,6 +110,25 @@ def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:
     return problem(422, "validation", detail, errors=items)
 
 
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,  # connection refused or reset, before any driver wraps it
+    TimeoutError,
+    DBAPIError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+"""A database or Redis that cannot be reached: a 503 to retry, not a 500."""
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    return (
+        exc.connection_invalidated
+        or isinstance(exc, OperationalError | InterfaceError)
+        or isinstance(exc.orig, OSError)
+        or "connection" in str(exc.orig).lower()
+    )
+
+
 def install(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
@@ -124,6 +146,19 @@ def install(app: FastAPI) -> None:
             detail = f"nothing at {request.url.path}"
         return problem(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, DBAPIError) and not _connection_lost(exc):
+            return await on_error(request, exc)
+        logger.warning(
+            "a dependency is unreachable on %s %s: %r", request.method, request.url.path, exc
+        )
+        return problem(
+            503,
+            "dependency-unavailable",
+            "a server this service depends on is unreachable; retry shortly",
+            headers={"retry-after": "5"},
+        )
+
     async def on_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal", "an unexpected error occurred; it has been logged")
@@ -132,3 +167,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_error)
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, on_unavailable)

@@ -43,6 +43,8 @@ WalletAddress = Annotated[
     Field(
         description="0x + 40 hex digits, lower case or EIP-55 checksummed",
         examples=["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"],
+        # documented, not validated by the pattern: normalize_address says what is wrong
+        json_schema_extra={"pattern": "^0x[0-9a-fA-F]{40}$"},
     ),
     AfterValidator(normalize_address),
 ]

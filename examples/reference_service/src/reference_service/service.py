@@ -154,6 +154,22 @@ class ReferenceService:
             for seed in self.settings.programs:
                 await repo.ensure_program(seed.id, seed.name, to_units(seed.budget), self.now())
 
+    async def enqueue_committed(self, intent_id: str, intent_type: str) -> None:
+        """Enqueue an intent whose row and stored response have just committed.
+
+        The answer is already the client's (a retry replays it), so a queue that cannot be
+        reached must not turn it into a 5xx: the intent stays PENDING and the reconciler
+        enqueues it once the queue is back.
+        """
+        try:
+            await self.enqueue_intent(intent_id, intent_type)
+        except Exception:
+            logger.warning(
+                "enqueueing intent %s failed; the reconciler will enqueue it",
+                intent_id,
+                exc_info=True,
+            )
+
     async def enqueue_intent(self, intent_id: str, intent_type: str) -> Job:
         return await self.queue.enqueue(
             QUEUE_OF[intent_type],

@@ -48,7 +48,10 @@ def verify(header: str | None, body: bytes, *, secret: str, tolerance: float, no
             timestamp = value
         elif name == "v1":
             candidates.append(value)
-    if timestamp is None or not timestamp.isdigit() or len(timestamp) > 12 or not candidates:
+    # ASCII digits only: str.isdigit() also takes superscripts and other scripts' digits,
+    # which int() or the signing input refuse; a forged header is a 401, never a crash
+    digits = timestamp is not None and timestamp.isascii() and timestamp.isdigit()
+    if timestamp is None or not digits or len(timestamp) > 12 or not candidates:
         raise SignatureError(
             "malformed", f"the {SIGNATURE_HEADER} header must read t=<unix time>,v1=<hex digest>"
         )

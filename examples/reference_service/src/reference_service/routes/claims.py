@@ -209,7 +209,7 @@ async def record(body: RecordRequest, request: Request, service: Service) -> Res
         response = JSONResponse(IntentModel.of(intent).model_dump(mode="json"), status_code=202)
         sent = await db_tx.complete(response)
     if sent is response:
-        await service.enqueue_intent(intent.id, intent.type)
+        await service.enqueue_committed(intent.id, intent.type)
     return sent
 
 

@@ -72,7 +72,7 @@ async def claim_v2(body: V2ClaimRequest, request: Request, service: Service) -> 
         response = JSONResponse(result.model_dump(mode="json"), status_code=202)
         sent = await db_tx.complete(response)
     if sent is response:
-        await service.enqueue_intent(intent.id, intent.type)
+        await service.enqueue_committed(intent.id, intent.type)
     return sent
 
 
@@ -152,5 +152,5 @@ async def payouts_batch(body: PayoutBatchRequest, request: Request, service: Ser
         sent = await db_tx.complete(response)
     if sent is response:
         for intent in intents:
-            await service.enqueue_intent(intent.id, intent.type)
+            await service.enqueue_committed(intent.id, intent.type)
     return sent
