@@ -83,7 +83,7 @@ def server_counters(metrics_dir: Path) -> dict[str, Counter[tuple[str, ...]]]:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     wanted = {
         "bastion_idempotency_decisions_total": ("outcome",),
         "bastion_ratelimit_decisions_total": ("tier", "outcome"),
@@ -121,12 +121,16 @@ async def _settle(stack: Stack, audit: Audit, within: float) -> None:
             async with engine.connect() as conn:
                 open_ = (
                     await conn.execute(
-                        text("SELECT count(*) FROM intents WHERE status IN ('PENDING','PROCESSING')")
+                        text(
+                            "SELECT count(*) FROM intents WHERE status IN ('PENDING','PROCESSING')"
+                        )
                     )
                 ).scalar_one()
             waited = time.monotonic() - started
             if not open_:
-                audit.say(f"settlement: every intent settled or failed {waited:.1f}s after the load")
+                audit.say(
+                    f"settlement: every intent settled or failed {waited:.1f}s after the load"
+                )
                 audit.figures["settle_seconds"] = round(waited, 1)
                 return
             if waited > within:
@@ -274,17 +278,18 @@ def run_audit(
     split = [k for k, ids in per_key.items() if len(ids) != 1]
     audit.check(not split, f"{len(split)} keys answered with different results: {split[:5]}")
 
+    wallets_by_key: Counter[str] = Counter()
     claims_by_key: Counter[str] = Counter()
     intents_by_key: Counter[str] = Counter()
     keys_seen = {(e["op"], e["key"], e.get("addr")) for e in events}
     missing = 0
     for op, key, addr in keys_seen:
-        if op not in ("prepare", "record"):
-            continue
         record = stored.get(_store_key({"key": key, "addr": addr}))
         if record is None:
             continue
         status, body = record
+        if op == "register" and status == 201:
+            wallets_by_key[body["wallet"]] += 1
         if op == "prepare" and status == 200:
             claims_by_key[body["claim_id"]] += 1
             missing += body["claim_id"] not in per_key.get(("prepare", key), set())
@@ -317,6 +322,11 @@ def run_audit(
         f"claims with several intents: {[c for c, n in per_claim.items() if n > 1][:5]}",
     )
     signed_up = {e["wallet"] for e in events if e["op"] == "register" and e["status"] == 201}
+    wallets = {row[0] for row in db["wallets"]}
+    one_key = sum(1 for w in wallets if wallets_by_key[w] == 1)
+    say(f"wallets per idempotency key: {one_key} of {len(wallets)} made by exactly one key")
+    audit.figures.update(wallets=len(wallets), wallets_by_one_key=one_key)
+    audit.check(one_key == len(wallets), "wallets not registered by exactly one key")
     audit.check(
         len(db["wallets"]) == len(signed_up),
         f"{len(db['wallets'])} wallets in the database, clients saw {len(signed_up)} sign-ups",

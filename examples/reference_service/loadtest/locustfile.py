@@ -64,7 +64,7 @@ LOG = _Log()
 OPTIONS: dict[str, Any] = {}
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]
 def _arguments(parser: Any) -> None:
     parser.add_argument("--events-file", default="events.jsonl", help="one JSON line per answer")
     parser.add_argument("--max-requests", type=int, default=0, help="stop after this many")
@@ -75,7 +75,7 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (0: random)")
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]
 def _init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     if options is None:
@@ -87,7 +87,7 @@ def _init(environment: Environment, **_: Any) -> None:
         random.seed(options.seed)
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _progress(environment: Environment, **_: Any) -> None:
     def report() -> None:
         started = time.monotonic()
@@ -111,7 +111,7 @@ def _progress(environment: Environment, **_: Any) -> None:
     gevent.spawn(report)
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _close(environment: Environment, **_: Any) -> None:
     if LOG.file is not None:
         LOG.file.flush()
@@ -161,7 +161,10 @@ class _Service(FastHttpUser):
             status = response.status_code or 0
             event["ms"] = (time.time() - started) * 1000
             event["status"] = status
-            event["replayed"] = response.headers.get("idempotent-replayed") == "true"
+            headers = response.headers or {}
+            event["replayed"] = headers.get("idempotent-replayed") == "true"
+            if status == 0:
+                event["error"] = repr(response.error)[:200]
             payload: Any = None
             if status and response.text:
                 try:
@@ -176,7 +179,7 @@ class _Service(FastHttpUser):
                 for field in ("claim_id", "id", "tx_hash"):
                     if isinstance(payload.get(field), str):
                         event[field] = payload[field]
-            if status == 0 or status >= 500 and event.get("ptype") != "relayer-unavailable":
+            if status == 0 or (status >= 500 and event.get("ptype") != "relayer-unavailable"):
                 response.failure(f"{status} {event.get('ptype', '')}")
             else:
                 response.success()
@@ -209,10 +212,8 @@ class RegisterUser(_Service):
             return self.post("register", variant, "/api/register", key, {"wallet": wallet}, address)
 
         roll = random.random()
-        if roll < 0.15:
-            answers = self.together(DUPLICATES, lambda: send("dup"))
-        else:
-            answers = [send("first")]
+        dup = roll < 0.15
+        answers = self.together(DUPLICATES, lambda: send("dup")) if dup else [send("first")]
         tries = 0
         while tries < 5 and not any(a["status"] == 201 for a in answers):
             if not any(a["status"] in (503, 409) for a in answers):
@@ -234,8 +235,11 @@ class ClaimUser(_Service):
         for _ in range(3):
             wallet, key = _wallet(), _key("setup")
             for _attempt in range(10):
-                address = f"172.{random.randrange(16, 32)}.{random.randrange(256)}.{random.randrange(256)}"
-                event = self.post("register", "setup", "/api/register", key, {"wallet": wallet}, address)
+                n = random.randrange(1 << 20)
+                address = f"172.{16 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+                event = self.post(
+                    "register", "setup", "/api/register", key, {"wallet": wallet}, address
+                )
                 if event["status"] == 201:
                     self.wallets.append(wallet)
                     break
@@ -247,7 +251,11 @@ class ClaimUser(_Service):
     def claim(self) -> None:
         self.check_stop()
         wallet = random.choice(self.wallets)
-        body = {"wallet": wallet, "program_id": OPTIONS["program"], "amount": random.choice(AMOUNTS)}
+        body = {
+            "wallet": wallet,
+            "program_id": OPTIONS["program"],
+            "amount": random.choice(AMOUNTS),
+        }
         key = _key("prep")
 
         def prepare(variant: str, payload: dict[str, Any] = body) -> dict[str, Any]:
@@ -269,7 +277,9 @@ class ClaimUser(_Service):
         record_key = _key("rec")
         recorded = {"wallet": wallet, "claim_id": claim_id, "signature": SIGNATURE}
 
-        def record(variant: str, payload: dict[str, Any] = recorded, k: str = record_key) -> dict[str, Any]:
+        def record(
+            variant: str, payload: dict[str, Any] = recorded, k: str = record_key
+        ) -> dict[str, Any]:
             return self.post("record", variant, "/api/claim/record", k, payload)
 
         if random.random() < 0.15:
@@ -293,7 +303,7 @@ class Ramp(LoadTestShape):
             return None
         total = float(OPTIONS.get("load_seconds", 60.0))
         peak = int(OPTIONS.get("peak_users", 50))
-        t = self.get_run_time()
+        t = self.get_run_time()  # type: ignore[no-untyped-call]
         if t >= total:
             return None
         if t < 0.3 * total:

@@ -33,7 +33,7 @@ def plot_run(events: list[dict[str, Any]], path: Path, *, title: str) -> None:
     latency.legend(loc="upper left")
     latency.grid(True, alpha=0.3)
     throughput.plot(seconds, [len(buckets.get(s, [])) for s in seconds], color="tab:green")
-    limited = defaultdict(int)
+    limited: defaultdict[int, int] = defaultdict(int)
     for e in events:
         if e["status"] == 429:
             limited[int(e["t"] + e["ms"] / 1000 - start)] += 1

@@ -121,7 +121,9 @@ def _free_port() -> int:
         return port
 
 
-def _environ(options: StackOptions, database_url: str, prefix: str, metrics: Path) -> dict[str, str]:
+def _environ(
+    options: StackOptions, database_url: str, prefix: str, metrics: Path
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
