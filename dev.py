@@ -6,6 +6,8 @@
     python3 dev.py wheel     run the fast subset against the built wheel (or: -- <pytest args>)
     python3 dev.py bench     run the benchmarks (they install the peers they compare with)
     python3 dev.py docs      build the documentation site into site/ (mkdocs build --strict)
+    python3 dev.py load register|claim [--short] [options]
+                             a load scenario on the real stack (PostgreSQL, Redis), audited
 
 Only the standard library is used here, so it works on a fresh machine with Python 3.11+.
 The environment lives in `.venv/` and is rebuilt only when the dependency files change.
@@ -29,6 +31,7 @@ SESSIONS = {
     "wheel": ["wheel"],
     "bench": ["bench"],
     "docs": ["docs"],
+    "load": ["load"],
 }
 """The nox sessions each command runs (`serve` runs the service instead)."""
 # the test environment, and the benchmarks' own one that also holds the peers they compare with

@@ -80,6 +80,19 @@ def wheel(session: nox.Session) -> None:
     _wheel_suite(session, session.posargs or ["-m", WHEEL_MARKERS, "tests"])
 
 
+@nox.session
+def load(session: nox.Session) -> None:
+    """A load scenario against the real stack, then its audit (exit 1 if an invariant broke):
+    ``python3 dev.py load register`` or ``claim``; ``--short`` for the test suite's version,
+    ``--help`` for the options. Needs PostgreSQL and Redis (see docs/load-testing.md)."""
+    if not session.posargs:
+        session.error("name a scenario: `python3 dev.py load register` or `... load claim`")
+    service = ROOT / "examples" / "reference_service"
+    paths = [ROOT / "src", service / "src", service]
+    env = {"PYTHONPATH": os.pathsep.join(str(path) for path in paths)}
+    _run(session, "python", "-m", "loadtest", *session.posargs, env=env)
+
+
 def _venv_python(env: Path) -> Path:
     return (
         env
