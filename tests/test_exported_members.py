@@ -58,6 +58,14 @@ PUBLIC: dict[str, list[str]] = {
         "Scope",
         "Send",
     ],
+    "bastion.check": ["CHECKS", "Report", "Result", "Sleep", "Target", "run_checks"],
+    "bastion.check.pytest_plugin": [
+        "bastion_check",
+        "bastion_client",
+        "bastion_sleep",
+        "bastion_target",
+        "pytest_addoption",
+    ],
     "bastion.fastapi": ["document"],
     "bastion.openapi": ["PROBLEM_SCHEMA", "Coverage", "coverage", "describe"],
     "bastion.observe": [
