@@ -295,7 +295,10 @@ async def ratelimit_fields(run: Runner) -> str:
     fields = _fields(response)
     if fields is None:
         raise _Skip(f"the response carries no RateLimit fields: {_show(response)}")
-    return f"{len(fields[0])} policies; RateLimit: {response.headers['ratelimit']}"
+    return (
+        f"RateLimit-Policy: {response.headers['ratelimit-policy']}; RateLimit: "
+        + (response.headers["ratelimit"])
+    )
 
 
 async def ratelimit_429(run: Runner) -> str:
