@@ -58,6 +58,16 @@ PUBLIC: dict[str, list[str]] = {
         "Scope",
         "Send",
     ],
+    "bastion.check": ["CHECKS", "Report", "Result", "Sleep", "Target", "run_checks"],
+    "bastion.check.pytest_plugin": [
+        "bastion_check",
+        "bastion_client",
+        "bastion_sleep",
+        "bastion_target",
+        "pytest_addoption",
+    ],
+    "bastion.fastapi": ["document"],
+    "bastion.openapi": ["PROBLEM_SCHEMA", "Coverage", "coverage", "describe"],
     "bastion.observe": [
         "NULL_OBSERVER",
         "IdempotencyOutcome",
@@ -238,14 +248,23 @@ def test_public_names_bound_by_a_module_are_exported(module: str) -> None:
 
 
 def test_import_needs_only_starlette_and_anyio() -> None:
-    """``import bastion`` works with redis, sqlalchemy, prometheus and otel unavailable."""
-    blocked = ["redis", "sqlalchemy", "prometheus_client", "opentelemetry", "asyncpg"]
+    """``import bastion`` works with redis, sqlalchemy, prometheus, otel, fastapi and httpx
+    unavailable, and so do the OpenAPI helpers."""
+    blocked = [
+        "redis",
+        "sqlalchemy",
+        "prometheus_client",
+        "opentelemetry",
+        "asyncpg",
+        "fastapi",
+        "httpx",
+    ]
     code = (
         "import sys\n"
         f"for name in {blocked!r}:\n"
         "    sys.modules[name] = None\n"
         "import bastion, bastion.stores, bastion.idempotency, bastion.ratelimit\n"
-        "import bastion.metrics, bastion.testing\n"
+        "import bastion.metrics, bastion.testing, bastion.openapi, bastion.fastapi\n"
         "from bastion.stores import MemoryStore\n"
         f"loaded = [m for m in {blocked!r} if sys.modules.get(m) is not None]\n"
         "assert not loaded, loaded\n"

@@ -19,6 +19,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 FEATURES = ("bastion.idempotency", "bastion.ratelimit", "bastion.metrics")
 CORE_MAY_IMPORT = ("bastion._core", "bastion.typing", "bastion.exceptions")
+TOOLS = ("bastion.check", "bastion.openapi", "bastion.fastapi")
+"""Tools that sit beside the stack, on top: the conformance kit (an HTTP client) and the
+OpenAPI helpers. They may use anything; nothing else may use them, so the middleware never
+load a client library or a schema generator."""
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def module_names(src: Path, package: str = "bastion") -> dict[str, Path]:
@@ -135,6 +143,8 @@ def violations(src: Path) -> list[str]:
             site = f"{module}:{line} imports {target}"
             if module.startswith("bastion.stores") and target.startswith(FEATURES):
                 problems.append(f"{site}: stores must not know the features above them")
+            if _within(target, TOOLS) and not _within(module, TOOLS):
+                problems.append(f"{site}: only the tools use the tools (check, openapi, fastapi)")
             if module.startswith("bastion._core") and not target.startswith(CORE_MAY_IMPORT):
                 problems.append(f"{site}: _core imports only itself, typing and exceptions")
         if module.startswith("bastion._core"):
@@ -204,6 +214,19 @@ def _write(root: Path, files: Mapping[str, str]) -> Path:
             {"bastion/_core/a.py": "import sqlalchemy\n"},
             "_core is pure",
             id="core-imports-a-third-party-library",
+        ),
+        pytest.param(
+            {
+                "bastion/check/__init__.py": "",
+                "bastion/idempotency/_m.py": "def f():\n    from bastion.check import run\n",
+            },
+            "only the tools use the tools",
+            id="middleware-import-the-kit",
+        ),
+        pytest.param(
+            {"bastion/openapi.py": "", "bastion/__init__.py": "import bastion.openapi\n"},
+            "only the tools use the tools",
+            id="facade-imports-a-tool",
         ),
         pytest.param(
             {
