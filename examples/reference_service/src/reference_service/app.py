@@ -171,7 +171,7 @@ def create_app(
     for module in (claims, v2, webhook, admin, admin_page, health):
         app.include_router(module.router)
     app.router.routes.append(Route("/metrics", _MetricsEndpoint(service), methods=["GET", "HEAD"]))
-    document_middleware(app, idempotency, tiers)
+    document_middleware(app, idempotency, rate_limits)
     return app
 
 
