@@ -48,6 +48,7 @@ from bastion.idempotency._keys import (
     scoped_key,
 )
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.idempotency._quota import QUOTA_GATE_KEY, settle
 from bastion.idempotency._settings import IdempotencySettings
 from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
 from bastion.stores._protocols import Claim, IdempotencyStore
@@ -174,6 +175,16 @@ class IdempotencyMiddleware:
         self._max_request = settings.max_request_bytes
         self._filtered = self._include is not None or self._exclude is not None
 
+    def covers(self, scope: Scope) -> bool:
+        """Whether this middleware decides ``scope`` itself: a keyed request of its methods
+        and paths (the key may still prove invalid). A rate limiter outside asks, to leave
+        such requests' charge for the idempotency decision (`bastion.idempotency._quota`)."""
+        if normal_method(scope["method"]) not in self._methods:
+            return False
+        if self._filtered and not self._applies(normal_path(scope["path"])):
+            return False
+        return key_header(scope, self._header) is not None
+
     def _applies(self, path: str) -> bool:
         if self._include is not None and not self._include.match(path):
             return False
@@ -192,6 +203,8 @@ class IdempotencyMiddleware:
     ) -> None:
         """Answer a request the middleware will not run: reported, marked as bastion's own
         answer (for the metrics route label) and sent as problem+json."""
+        if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=False):
+            return  # a replay tier outside refused it, and answered
         self.observer.idempotency(scope, outcome)
         scope[ANSWERED_SCOPE_KEY] = "idempotency"
         await send_problem(send, status, slug, title, detail, headers=headers)
@@ -332,8 +345,13 @@ class _Request(IdempotencyContext):
         # decided outside the store's failure policy: a record that cannot be read ran already
         decision = decide(claim, self.fingerprint, mw.settings)
         if decision is RUN:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
+                await self._give_back()
+                return
             await self._execute(receive)
         elif type(decision) is StoredResponse:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=False):
+                return
             mw.observer.idempotency(scope, "replayed")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await self._replay(decision)
@@ -361,6 +379,18 @@ class _Request(IdempotencyContext):
         else:
             await self._unreadable()
 
+    async def _give_back(self) -> None:
+        """Release the key this request claimed but will not run (a rate limit outside refused
+        it once its claim showed it fresh), so that a retry runs it."""
+        mw = self.mw
+        with anyio.CancelScope(shield=True):
+            try:
+                await timed(
+                    mw.observer, mw._backend, "release", mw.store.release(self.key, self.token)
+                )
+            except Exception as exc:
+                store_failures.warning(_failure("to release a rate-limited claim", exc))
+
     async def _wait(self, claim: Claim) -> Claim:
         """Poll until the first request finishes, its lease ends, or the wait bound passes."""
         delay = _WAIT_FIRST_POLL
@@ -377,6 +407,8 @@ class _Request(IdempotencyContext):
         """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
         mw, scope = self.mw, self.scope
         if store_failed(mw.settings) is RUN_UNPROTECTED:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
+                return
             mw.observer.idempotency(scope, "store_error")
             await mw.app(scope, receive, self.send)
             return
