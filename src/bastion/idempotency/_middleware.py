@@ -174,6 +174,10 @@ class IdempotencyMiddleware:
         self._max_key = settings.max_key_length
         self._max_request = settings.max_request_bytes
         self._filtered = self._include is not None or self._exclude is not None
+        # optional tracing hooks (bastion.observe): absent, they cost nothing per request
+        self._span_context = getattr(observer, "span_context", None)
+        self._replayed_from = getattr(observer, "replayed_from", None)
+        self._claimed = getattr(observer, "claimed", None)
 
     def covers(self, scope: Scope) -> bool:
         """Whether this middleware decides ``scope`` itself: a keyed request of its methods
@@ -284,6 +288,7 @@ class _Request(IdempotencyContext):
         self.settings = mw.settings
         self.completed = False
         self.response = None
+        self.trace = None
 
     def _claim(self) -> Awaitable[Claim]:
         mw = self.mw
@@ -352,6 +357,8 @@ class _Request(IdempotencyContext):
         elif type(decision) is StoredResponse:
             if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=False):
                 return
+            if decision.trace is not None and mw._replayed_from is not None:
+                mw._replayed_from(scope, decision.trace)
             mw.observer.idempotency(scope, "replayed")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await self._replay(decision)
@@ -461,6 +468,10 @@ class _Request(IdempotencyContext):
         capture = ResponseCapture(self.send, receive, mw.settings.max_response_bytes)
         hidden = capture.receive
         self.scope[SCOPE_KEY] = self
+        if mw._claimed is not None:
+            mw._claimed(self.scope)
+        if mw._span_context is not None:
+            self.trace = mw._span_context(self.scope)
         error: Exception | None = None
         try:
             leases = mw._leases.add(self, self._renew_lease)
@@ -520,7 +531,11 @@ class _Request(IdempotencyContext):
         handler changed it (compression, added headers) or the handler did after storing."""
         if stored is None or capture is None or not capture.complete or capture.overflow:
             return
-        if encode_response(capture.status, capture.headers, capture.body) != stored:
+        sent = encode_response(capture.status, capture.headers, capture.body, trace=self.trace)
+        if sent != stored and (
+            self.trace is None
+            or encode_response(capture.status, capture.headers, capture.body) != stored
+        ):
             logger.warning(
                 "the response sent for an idempotent request differs from the one stored in "
                 "its transaction; retries will replay the stored one (put middleware that "
@@ -540,7 +555,9 @@ class _Request(IdempotencyContext):
             return
         try:
             if end is STORE:
-                data = encode_response(capture.status, capture.headers, capture.body)
+                data = encode_response(
+                    capture.status, capture.headers, capture.body, trace=self.trace
+                )
                 stored = await timed(
                     mw.observer,
                     mw._backend,
