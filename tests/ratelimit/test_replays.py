@@ -261,3 +261,15 @@ def test_the_replay_tier_must_be_plain() -> None:
         )
     with pytest.raises(ConfigurationError, match="taken"):
         RateLimitSettings(tiers=(fresh(1),), replay_tier=fresh(9))
+
+
+async def test_limit_outside_answers_conflicting_key_headers_with_400(clock: FakeClock) -> None:
+    """Two different Idempotency-Key headers reach the idempotency layer's 400 through the
+    limiter outside it, never a 500, and spend nothing."""
+    app = stack("limit-outside", Handler(), MemoryStore(clock=clock), fresh(1))
+    headers = [("idempotency-key", "a"), ("idempotency-key", "b")]
+    async with client(app) as http:
+        twice = [await http.post("/pay", content=b"{}", headers=headers) for _ in range(2)]
+        fresh_one = await post(http, "c")
+    assert [r.status_code for r in twice] == [400, 400]
+    assert fresh_one.status_code == 201

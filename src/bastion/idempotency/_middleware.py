@@ -179,15 +179,18 @@ class IdempotencyMiddleware:
         self._replayed_from = getattr(observer, "replayed_from", None)
         self._claimed = getattr(observer, "claimed", None)
 
-    def covers(self, scope: Scope) -> bool:
-        """Whether this middleware decides ``scope`` itself: a keyed request of its methods
-        and paths (the key may still prove invalid). A rate limiter outside asks, to leave
-        such requests' charge for the idempotency decision (`bastion.idempotency._quota`)."""
-        if normal_method(scope["method"]) not in self._methods:
+    def covers(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether this middleware decides a request itself: a keyed request (the key may
+        still prove invalid) of its methods and paths, given normalised (`bastion._paths`).
+        A rate limiter outside asks, for every request it limits, to leave the charge of
+        these for the idempotency decision (`bastion.idempotency._quota`)."""
+        if method not in self._methods or (self._filtered and not self._applies(path)):
             return False
-        if self._filtered and not self._applies(normal_path(scope["path"])):
-            return False
-        return key_header(scope, self._header) is not None
+        name = self._header
+        for field, _ in headers:  # noqa: SIM110 - a loop: no generator per request
+            if field == name:
+                return True
+        return False
 
     def _applies(self, path: str) -> bool:
         if self._include is not None and not self._include.match(path):

@@ -216,7 +216,8 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path = normal_path(scope["path"])
-        group = self._by_method.get(normal_method(scope["method"]), self._any_method)
+        method = normal_method(scope["method"])
+        group = self._by_method.get(method, self._any_method)
         applicable: list[_Tier] = []
         needs_body = False
         for tier in group.tiers:
@@ -237,7 +238,8 @@ class RateLimitMiddleware:
             except ClientDisconnected:
                 return
         view = RequestView(scope, self._resolver, body)
-        if self._idempotency is not None and self._idempotency.covers(scope):
+        idempotency = self._idempotency
+        if idempotency is not None and idempotency.covers(method, path, scope["headers"]):
             await Gate(self, scope, send, view, group, applicable).run(receive)
             return
         if not applicable:  # only the replay tier might have applied
