@@ -273,3 +273,28 @@ async def test_limit_outside_answers_conflicting_key_headers_with_400(clock: Fak
         fresh_one = await post(http, "c")
     assert [r.status_code for r in twice] == [400, 400]
     assert fresh_one.status_code == 201
+
+
+async def test_global_shadow_mode_shadows_the_replay_tier_too(clock: FakeClock) -> None:
+    """With ``shadow=True`` the replay tier only counts: replays past its limit are served,
+    and reported as ``would_limit``."""
+    seen: list[tuple[str, str]] = []
+
+    class Seen:
+        def idempotency(self, scope: Scope, outcome: str) -> None: ...
+
+        def rate_limit(self, scope: Scope, tier: str, outcome: str) -> None:
+            seen.append((tier, outcome))
+
+        def store_call(self, *args: Any, **kwargs: Any) -> None: ...
+
+    store = MemoryStore(clock=clock)
+    replays = Tier(name="replays", limit=1, window=60)
+    inner = IdempotencyMiddleware(Handler(), store=store)
+    settings = RateLimitSettings(tiers=(fresh(5),), replay_tier=replays, shadow=True)
+    app = RateLimitMiddleware(inner, store=store, settings=settings, observer=Seen())
+    async with client(app) as http:
+        answers = [await post(http, "a") for _ in range(3)]
+    assert [r.status_code for r in answers] == [201] * 3
+    assert all("ratelimit" not in r.headers for r in answers[1:])
+    assert [o for t, o in seen if t == "replays"] == ["allowed", "would_limit"]

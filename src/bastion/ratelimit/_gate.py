@@ -41,7 +41,8 @@ __all__ = ["Gate", "idempotency_inside"]
 
 _MAX_DEPTH = 64
 
-failures = ThrottledLogger(logging.getLogger("bastion.ratelimit"))
+logger = logging.getLogger("bastion.ratelimit")
+failures = ThrottledLogger(logger)
 
 
 def idempotency_inside(app: Any) -> IdempotencyMiddleware | None:
@@ -150,12 +151,15 @@ class Gate:
         if key is None:
             return True
         hit = tier.hits.get(key)
-        return await self._decide([tier], [tier.hit(key) if hit is None else hit])
+        return await self._decide([tier], [tier.hit(key) if hit is None else hit], tier.shadow)
 
     # -- deciding ------------------------------------------------------------------------------
 
-    async def _decide(self, tiers: list[_Tier], hits: list[RateLimitHit]) -> bool:
-        """The short path's decision for ``hits``: True to go on (with the fields to send)."""
+    async def _decide(
+        self, tiers: list[_Tier], hits: list[RateLimitHit], shadow: bool = False
+    ) -> bool:
+        """The short path's decision for ``hits``: True to go on (with the fields to send).
+        ``shadow`` (the replay tier in global shadow mode): decided and counted, never sent."""
         from bastion.ratelimit._middleware import _all_allowed
 
         mw, scope = self.mw, self.scope
@@ -167,6 +171,14 @@ class Gate:
         except Exception as exc:
             failures.warning(f"rate-limit store failed ({type(exc).__name__})")
             return await self._store_failed(tiers)
+        if shadow:
+            if not allowed:
+                logger.info("shadow tier %s would limit key %s", tiers[0].name, hits[0].key)
+            if mw._observe:
+                mw.observer.rate_limit(
+                    scope, tiers[0].name, "allowed" if allowed else "would_limit"
+                )
+            return True
         if mw._observe:
             for tier, decision in zip(tiers, decisions, strict=True):
                 mw.observer.rate_limit(

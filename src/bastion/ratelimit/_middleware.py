@@ -201,7 +201,9 @@ class RateLimitMiddleware:
         # keyed requests an idempotency layer inside decides are charged once it has decided
         self._idempotency = idempotency_inside(app)
         replay = settings.replay_tier
-        self._replay = None if replay is None else _Tier(replay, settings.fail_open)
+        self._replay = (
+            None if replay is None else _Tier(replay, settings.fail_open, settings.shadow)
+        )
         # tiers by method, so a request only looks at the tiers that can apply to it
         pairs = list(zip(tiers, settings.tiers, strict=True))
         methods = {method for tier in settings.tiers for method in tier.methods}
