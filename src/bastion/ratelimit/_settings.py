@@ -60,7 +60,8 @@ class RateLimitSettings(EnvSettings):
     """The tier that charges what an `IdempotencyMiddleware` inside answers itself (replays,
     in-flight 409s, 422s), which never cost the normal tiers anything; none by default, so
     they are free. Only a plain tier (a static cost, no shadow, overrides, count_when or
-    concurrency, a key that needs no body); with ``shadow`` set here, it is shadowed too. See docs/rate-limiting.md, "Order of middleware"."""
+    concurrency, a key that needs no body); with ``shadow`` set here, it is shadowed too.
+    See docs/rate-limiting.md, "Order of middleware"."""
 
     def __post_init__(self) -> None:
         tiers = tuple(self.tiers)
