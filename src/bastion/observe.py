@@ -43,7 +43,18 @@ T = TypeVar("T")
 
 
 class Observer(Protocol):
-    """Receives every decision; implementations must be cheap and must not raise."""
+    """Receives every decision; implementations must be cheap and must not raise.
+
+    An observer may also have these optional methods, looked up once when a middleware is
+    built (an observer without them costs nothing for them), so that the idempotency
+    middleware can link a replay's span to the span of the request it replays:
+
+    - ``claimed(scope) -> None``: a keyed request took its key and its handler runs now;
+    - ``span_context(scope) -> bytes | None``: the current span's context, 25 bytes (trace id,
+      span id, trace flags), stored with the response; None when no trace is recorded;
+    - ``replayed_from(scope, context: bytes) -> None``: the current request is a replay of the
+      response stored with ``context``.
+    """
 
     def idempotency(self, scope: Scope, outcome: IdempotencyOutcome) -> None: ...
 
@@ -85,6 +96,27 @@ class MultiObserver:
     def store_call(self, backend: str, operation: str, seconds: float, *, error: bool) -> None:
         for observer in self._observers:
             observer.store_call(backend, operation, seconds, error=error)
+
+    def claimed(self, scope: Scope) -> None:
+        for observer in self._observers:
+            hook = getattr(observer, "claimed", None)
+            if hook is not None:
+                hook(scope)
+
+    def span_context(self, scope: Scope) -> bytes | None:
+        """The first context an observer gives."""
+        for observer in self._observers:
+            hook = getattr(observer, "span_context", None)
+            context = None if hook is None else hook(scope)
+            if context is not None:
+                return context  # type: ignore[no-any-return]
+        return None
+
+    def replayed_from(self, scope: Scope, context: bytes) -> None:
+        for observer in self._observers:
+            hook = getattr(observer, "replayed_from", None)
+            if hook is not None:
+                hook(scope, context)
 
 
 def timed(observer: Observer, backend: str, operation: str, call: Awaitable[T]) -> Awaitable[T]:

@@ -20,6 +20,7 @@ from bastion.idempotency._decision import (
     decide,
     ending,
     pending,
+    retry_after,
     store_failed,
     waits,
 )
@@ -32,7 +33,7 @@ RESPONSES: dict[str, bytes | None] = {
     "readable": STORED.encode(),
     "unreadable": b"\x7fa format from the future",
 }
-LEASES = {"0": 0, "short": 2_400, "long": 45_000}  # ms the holder's lease has left
+LEASES = {"0": 0, "short": 2_400, "renewing": 20_000, "long": 45_000}  # ms left of the lease
 
 # One row per rule of the docs, first match wins; "*" matches anything. The answer "wait" is
 # the first claim's answer when the duplicate waits; "retry-after N" is a 409 with that header.
@@ -48,11 +49,14 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"same": False}, "422"),
     # in flight, a true duplicate: waits with `wait` (on its first answer only) ...
     ({"response": "none", "wait": True, "phase": "first"}, "wait"),
-    # ... else 409; Retry-After is conflict_retry_after_seconds, "never longer than what is
-    # left of the first request's lease", and a Retry-After is at least 1
+    # ... else 409; while the holder's lease shows it renewing (more than a third of the
+    # 30 s lease left), Retry-After is conflict_retry_after_seconds, "never longer than what
+    # is left of the lease"; a holder that missed its renewal keeps the key "until its lease
+    # runs out", so Retry-After is the rest of the lease; and it is at least 1
     ({"response": "none", "lease": "0"}, "retry-after 1"),
-    ({"response": "none", "lease": "short", "retry_setting": 1}, "retry-after 1"),
-    ({"response": "none", "lease": "short", "retry_setting": 5}, "retry-after 3"),
+    ({"response": "none", "lease": "short"}, "retry-after 3"),
+    ({"response": "none", "lease": "renewing", "retry_setting": 1}, "retry-after 1"),
+    ({"response": "none", "lease": "renewing", "retry_setting": 5}, "retry-after 5"),
     ({"response": "none", "lease": "long", "retry_setting": 1}, "retry-after 1"),
     ({"response": "none", "lease": "long", "retry_setting": 5}, "retry-after 5"),
     # "a retry after the first finished": its stored response, replayed
@@ -126,7 +130,7 @@ def test_every_claim_answer_matches_the_documented_table() -> None:
         assert answered(case) == want, case
         used[want] += 1
         cases += 1
-    assert cases == 2 * 2 * 2 * 3 * 2 * 2 * 3 * 2 * 2
+    assert cases == 2 * 2 * 2 * 3 * 2 * 2 * 4 * 2 * 2
     assert set(used) == {answer for _, answer in RULES}
 
 
@@ -155,6 +159,16 @@ def test_retry_after_rounds_a_fraction_of_a_second_up() -> None:
     settings = IdempotencySettings(conflict_retry_after_seconds=10)
     assert decide(Claim(False, MINE, None, 1_200), MINE, settings) == Conflict(2)
     assert decide(Claim(False, MINE, None, -50), MINE, settings) == Conflict(1)
+
+
+def test_retry_after_is_the_rest_of_a_lease_its_holder_stopped_renewing() -> None:
+    """Above a third of the lease the holder may be running: the hint (1 s); at a third or
+    less it missed its renewal, and a retry before the lease ends only gets another 409."""
+    settings = IdempotencySettings(lease_seconds=30)
+    assert retry_after(10_001, settings) == 1
+    assert retry_after(10_000, settings) == 10
+    assert retry_after(6_500, settings) == 7
+    assert retry_after(0, settings) == 1
 
 
 @given(st.binary(max_size=64))

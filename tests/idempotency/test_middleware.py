@@ -252,7 +252,8 @@ async def test_replay_expires_with_the_record(
 async def test_crashed_holder_lease_expires(
     client: httpx.AsyncClient, backend: Backend, store: MemoryStore, clock: FakeClock
 ) -> None:
-    """A lease left by a dead worker blocks retries only until it expires."""
+    """A lease left by a dead worker blocks retries only until it expires, and once it is
+    overdue for renewal the 409's Retry-After says when that is."""
     first = await client.post("/text", headers=KEY)
     assert first.status_code == 200
     # a worker that claimed a key and died without completing or releasing it
@@ -267,7 +268,12 @@ async def test_crashed_holder_lease_expires(
     blocked = await client.post("/charge", content=b"{}", headers=headers)
     assert_problem(blocked, 409, "idempotency-key-in-flight")
     assert blocked.headers["retry-after"] == "1"
-    clock.advance(31)
+    # 21 s on, the holder has missed its renewal: the key stays taken the lease's last 9 s
+    clock.advance(21)
+    overdue = await client.post("/charge", content=b"{}", headers=headers)
+    assert_problem(overdue, 409, "idempotency-key-in-flight")
+    assert overdue.headers["retry-after"] == "9"
+    clock.advance(10)
     retried = await client.post("/charge", content=b"{}", headers=headers)
     assert retried.status_code == 201
     assert backend.calls["charge"] == 1

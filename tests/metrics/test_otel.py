@@ -204,7 +204,8 @@ async def test_decisions_become_span_events(otel: OTel, registry: CollectorRegis
         await c.post("/pay/1", headers={"idempotency-key": "k"}, content=b"{}")
     first, replay = otel.finished()
     assert [(e.name, dict(e.attributes or {})) for e in first.events] == [
-        ("bastion.idempotency", {"bastion.idempotency.outcome": "stored"})
+        ("bastion.idempotency", {"bastion.idempotency.outcome": "claimed"}),
+        ("bastion.idempotency", {"bastion.idempotency.outcome": "stored"}),
     ]
     assert (replay.attributes or {})["bastion.idempotency.outcome"] == "replayed"
     assert replay.name == "POST"  # answered before routing
@@ -277,7 +278,7 @@ async def test_spans_of_concurrent_requests_stay_apart(
     spans = otel.finished()
     assert len(spans) == 20
     assert len({s.context.span_id for s in spans}) == 20
-    assert all(len(s.events) == 1 for s in spans)
+    assert all(len(s.events) == 2 for s in spans)  # claimed, then stored
 
 
 async def test_own_span_is_the_duration_exemplar(otel: OTel, registry: CollectorRegistry) -> None:

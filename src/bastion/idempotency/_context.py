@@ -19,9 +19,20 @@ class IdempotencyContext:
     middleware's, so such a helper writes to the store holding the lease, with the same TTL
     and the same rule for which responses are kept (``settings.keeps``). It puts what it
     stored in ``response``, so the middleware can check that it sent the same response.
+    ``trace`` is the request's trace context, stored with the response so that its replays
+    link to this request's span (None when no trace is recorded).
     """
 
-    __slots__ = ("completed", "fingerprint", "key", "response", "settings", "store", "token")
+    __slots__ = (
+        "completed",
+        "fingerprint",
+        "key",
+        "response",
+        "settings",
+        "store",
+        "token",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -39,6 +50,7 @@ class IdempotencyContext:
         self.settings = settings or IdempotencySettings()
         self.completed = False
         self.response: bytes | None = None
+        self.trace: bytes | None = None
 
 
 SCOPE_KEY = "bastion.idempotency"

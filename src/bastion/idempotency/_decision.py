@@ -33,6 +33,7 @@ __all__ = [
     "decide",
     "ending",
     "pending",
+    "retry_after",
     "store_failed",
     "waits",
 ]
@@ -116,12 +117,27 @@ def decide(claim: Claim, fingerprint: str, settings: IdempotencySettings) -> Dec
     if claim.fingerprint != fingerprint:
         return MISMATCH
     if claim.response is None:
-        remaining = math.ceil(claim.lease_remaining_ms / 1000)
-        return Conflict(max(1, min(settings.conflict_retry_after_seconds, remaining)))
+        return Conflict(retry_after(claim.lease_remaining_ms, settings))
     try:
         return StoredResponse.decode(claim.response)
     except ValueError:
         return UNREADABLE
+
+
+def retry_after(lease_remaining_ms: int, settings: IdempotencySettings) -> int:
+    """``Retry-After`` seconds for a 409: the earliest a retry can get another answer, as far
+    as the holder's remaining lease tells.
+
+    A live holder renews its lease a third of the way through at the latest (renewals start
+    one or two thirds in, then every third), so a remaining lease above a third means it may
+    still be running and may finish any moment: the short hint, never more than the lease.
+    At or below a third it has missed its renewal (its worker died, or cannot reach the
+    store) and the key stays taken until the lease runs out: retrying earlier only gets
+    another 409, so the wait is the rest of the lease."""
+    remaining = math.ceil(lease_remaining_ms / 1000)
+    if lease_remaining_ms * 3 > settings.lease_seconds * 1000:
+        remaining = min(settings.conflict_retry_after_seconds, remaining)
+    return max(1, remaining)
 
 
 def store_failed(settings: IdempotencySettings) -> Verdict:

@@ -48,6 +48,7 @@ from bastion.idempotency._keys import (
     scoped_key,
 )
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.idempotency._quota import QUOTA_GATE_KEY, settle
 from bastion.idempotency._settings import IdempotencySettings
 from bastion.observe import NULL_OBSERVER, IdempotencyOutcome, Observer, timed
 from bastion.stores._protocols import Claim, IdempotencyStore
@@ -173,6 +174,23 @@ class IdempotencyMiddleware:
         self._max_key = settings.max_key_length
         self._max_request = settings.max_request_bytes
         self._filtered = self._include is not None or self._exclude is not None
+        # optional tracing hooks (bastion.observe): absent, they cost nothing per request
+        self._span_context = getattr(observer, "span_context", None)
+        self._replayed_from = getattr(observer, "replayed_from", None)
+        self._claimed = getattr(observer, "claimed", None)
+
+    def covers(self, method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether this middleware decides a request itself: a keyed request (the key may
+        still prove invalid) of its methods and paths, given normalised (`bastion._paths`).
+        A rate limiter outside asks, for every request it limits, to leave the charge of
+        these for the idempotency decision (`bastion.idempotency._quota`)."""
+        if method not in self._methods or (self._filtered and not self._applies(path)):
+            return False
+        name = self._header
+        for field, _ in headers:  # noqa: SIM110 - a loop: no generator per request
+            if field == name:
+                return True
+        return False
 
     def _applies(self, path: str) -> bool:
         if self._include is not None and not self._include.match(path):
@@ -192,6 +210,8 @@ class IdempotencyMiddleware:
     ) -> None:
         """Answer a request the middleware will not run: reported, marked as bastion's own
         answer (for the metrics route label) and sent as problem+json."""
+        if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=False):
+            return  # a replay tier outside refused it, and answered
         self.observer.idempotency(scope, outcome)
         scope[ANSWERED_SCOPE_KEY] = "idempotency"
         await send_problem(send, status, slug, title, detail, headers=headers)
@@ -271,6 +291,7 @@ class _Request(IdempotencyContext):
         self.settings = mw.settings
         self.completed = False
         self.response = None
+        self.trace = None
 
     def _claim(self) -> Awaitable[Claim]:
         mw = self.mw
@@ -332,8 +353,15 @@ class _Request(IdempotencyContext):
         # decided outside the store's failure policy: a record that cannot be read ran already
         decision = decide(claim, self.fingerprint, mw.settings)
         if decision is RUN:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
+                await self._give_back()
+                return
             await self._execute(receive)
         elif type(decision) is StoredResponse:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=False):
+                return
+            if decision.trace is not None and mw._replayed_from is not None:
+                mw._replayed_from(scope, decision.trace)
             mw.observer.idempotency(scope, "replayed")
             scope[ANSWERED_SCOPE_KEY] = "idempotency"
             await self._replay(decision)
@@ -361,6 +389,18 @@ class _Request(IdempotencyContext):
         else:
             await self._unreadable()
 
+    async def _give_back(self) -> None:
+        """Release the key this request claimed but will not run (a rate limit outside refused
+        it once its claim showed it fresh), so that a retry runs it."""
+        mw = self.mw
+        with anyio.CancelScope(shield=True):
+            try:
+                await timed(
+                    mw.observer, mw._backend, "release", mw.store.release(self.key, self.token)
+                )
+            except Exception as exc:
+                store_failures.warning(_failure("to release a rate-limited claim", exc))
+
     async def _wait(self, claim: Claim) -> Claim:
         """Poll until the first request finishes, its lease ends, or the wait bound passes."""
         delay = _WAIT_FIRST_POLL
@@ -377,6 +417,8 @@ class _Request(IdempotencyContext):
         """The store cannot guarantee this request: run it anyway (fail open) or answer 503."""
         mw, scope = self.mw, self.scope
         if store_failed(mw.settings) is RUN_UNPROTECTED:
+            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
+                return
             mw.observer.idempotency(scope, "store_error")
             await mw.app(scope, receive, self.send)
             return
@@ -429,6 +471,10 @@ class _Request(IdempotencyContext):
         capture = ResponseCapture(self.send, receive, mw.settings.max_response_bytes)
         hidden = capture.receive
         self.scope[SCOPE_KEY] = self
+        if mw._claimed is not None:
+            mw._claimed(self.scope)
+        if mw._span_context is not None:
+            self.trace = mw._span_context(self.scope)
         error: Exception | None = None
         try:
             leases = mw._leases.add(self, self._renew_lease)
@@ -488,7 +534,11 @@ class _Request(IdempotencyContext):
         handler changed it (compression, added headers) or the handler did after storing."""
         if stored is None or capture is None or not capture.complete or capture.overflow:
             return
-        if encode_response(capture.status, capture.headers, capture.body) != stored:
+        sent = encode_response(capture.status, capture.headers, capture.body, trace=self.trace)
+        if sent != stored and (
+            self.trace is None
+            or encode_response(capture.status, capture.headers, capture.body) != stored
+        ):
             logger.warning(
                 "the response sent for an idempotent request differs from the one stored in "
                 "its transaction; retries will replay the stored one (put middleware that "
@@ -508,7 +558,9 @@ class _Request(IdempotencyContext):
             return
         try:
             if end is STORE:
-                data = encode_response(capture.status, capture.headers, capture.body)
+                data = encode_response(
+                    capture.status, capture.headers, capture.body, trace=self.trace
+                )
                 stored = await timed(
                     mw.observer,
                     mw._backend,

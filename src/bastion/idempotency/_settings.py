@@ -48,8 +48,10 @@ class IdempotencySettings(EnvSettings):
     store_server_errors: bool = False
     """Store 5xx answers too, instead of releasing the key so a retry can run again."""
     conflict_retry_after_seconds: int = 1
-    """``Retry-After`` on a 409 while the first request runs: a short hint, since most
-    handlers finish in well under a second; never more than the holder's remaining lease."""
+    """``Retry-After`` on a 409 while the first request may still be running (its lease shows
+    it renewing): a short hint, since most handlers finish in well under a second; never
+    more than the holder's remaining lease. A holder that missed its renewal gets no hint:
+    the 409 says when its lease runs out."""
     wait: bool = False
     """A duplicate that arrives while the first is in flight waits for its replay instead of 409."""
     wait_timeout_seconds: float = 10.0

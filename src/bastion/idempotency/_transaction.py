@@ -157,7 +157,9 @@ class IdempotentTransaction:
                 f"({settings.max_response_bytes}), so it cannot be stored for replay; nothing "
                 "was committed. Raise the limit or send a smaller body."
             )
-        data = encode_response(response.status_code, response.raw_headers, body)
+        data = encode_response(
+            response.status_code, response.raw_headers, body, trace=context.trace
+        )
         if not await self._fence(conn, context, data, settings):
             await self._end(commit=False)
             return _lease_lost()

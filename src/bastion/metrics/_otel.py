@@ -191,8 +191,12 @@ class OTelObserver:
     ) -> None:
         trace = api()
         from opentelemetry import metrics
+        from opentelemetry.context import get_current
 
         self._current_span = trace.get_current_span
+        self._current_context = get_current
+        self._span_context = trace.SpanContext
+        self._trace_flags = trace.TraceFlags
         meter = metrics.get_meter(_SCOPE_NAME, _version(), meter_provider=meter_provider)
         self._store_duration = meter.create_histogram(
             "bastion.store.operation.duration",
@@ -201,15 +205,61 @@ class OTelObserver:
             explicit_bucket_boundaries_advisory=list(store_buckets),
         )
 
+    def _recording(self) -> Span | None:
+        """The current span if it records; an empty context (no tracing anywhere: the usual
+        case without an SDK) is told apart first, at half the cost of the span lookup."""
+        current = self._current_context()
+        if not current:
+            return None
+        span: Span = self._current_span(current)
+        return span if span.is_recording() else None
+
     def idempotency(self, scope: Scope, outcome: IdempotencyOutcome) -> None:
-        span = self._current_span()
-        if span.is_recording():
+        span = self._recording()
+        if span is not None:
             span.set_attribute("bastion.idempotency.outcome", outcome)
             span.add_event("bastion.idempotency", {"bastion.idempotency.outcome": outcome})
 
+    def claimed(self, scope: Scope) -> None:
+        """The key was taken: an event, not an outcome (the outcome comes when it ends)."""
+        span = self._recording()
+        if span is not None:
+            span.add_event("bastion.idempotency", {"bastion.idempotency.outcome": "claimed"})
+
+    def span_context(self, scope: Scope) -> bytes | None:
+        """The current span's trace id, span id and flags, if it is recorded: stored with the
+        response, so that its replays can link here."""
+        span = self._recording()
+        if span is None:
+            return None
+        context = span.get_span_context()
+        if not context.is_valid:
+            return None
+        trace_id: int = context.trace_id
+        span_id: int = context.span_id
+        return (
+            trace_id.to_bytes(16, "big")
+            + span_id.to_bytes(8, "big")
+            + bytes((context.trace_flags,))
+        )
+
+    def replayed_from(self, scope: Scope, context: bytes) -> None:
+        """Link the replay's span to the span of the request whose response it replays."""
+        span = self._recording()
+        if span is None or len(context) != 25:
+            return
+        original = self._span_context(
+            trace_id=int.from_bytes(context[:16], "big"),
+            span_id=int.from_bytes(context[16:24], "big"),
+            is_remote=True,
+            trace_flags=self._trace_flags(context[24]),
+        )
+        if original.is_valid:
+            span.add_link(original, {"bastion.link": "idempotency.original"})
+
     def rate_limit(self, scope: Scope, tier: str, outcome: RateLimitOutcome) -> None:
-        span = self._current_span()
-        if span.is_recording():
+        span = self._recording()
+        if span is not None:
             span.add_event(
                 "bastion.ratelimit",
                 {"bastion.ratelimit.tier": tier, "bastion.ratelimit.outcome": outcome},

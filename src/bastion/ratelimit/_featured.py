@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,7 +43,10 @@ from bastion.typing import Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from bastion.ratelimit._middleware import RateLimitMiddleware, _Tier
 
-__all__ = ["Featured"]
+__all__ = ["Admitted", "Featured"]
+
+Admitted = tuple[Send, list[str], str]
+"""An admitted request: its send, the concurrency slots it holds, and their token."""
 
 logger = logging.getLogger("bastion.ratelimit")
 failures = ThrottledLogger(logger)
@@ -138,13 +142,27 @@ class Featured:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, view: RequestView, tiers: list[_Tier]
     ) -> None:
+        admitted = await self.admit(scope, send, view, tiers)
+        if admitted is None:
+            return
+        wrapped, held, token = admitted
+        if not held:
+            await self.mw.app(scope, receive, wrapped)
+            return
+        await self._run_holding(scope, receive, wrapped, held, token)
+
+    async def admit(
+        self, scope: Scope, send: Send, view: RequestView, tiers: list[_Tier]
+    ) -> Admitted | None:
+        """Decide the request: None when it was answered (429, 503, 400, 413), else the send
+        that adds its fields and counts its response, the concurrency slots it holds (to be
+        released when it ends) and their token."""
         try:
             entries, slots = await self._collect(scope, send, view, tiers)
         except _Answered:
-            return
+            return None
         if not entries and not slots:
-            await self.mw.app(scope, receive, send)
-            return
+            return send, [], ""
         token = os.urandom(12).hex()
         held: list[str] = []
         decided = True
@@ -156,16 +174,52 @@ class Featured:
         except _Answered:
             if held:
                 await self._release(held, token)
-            return
+            return None
         wrapped = (
             self._wrap(scope, send, [e for e in entries if not e.tier.shadow], entries, slots)
             if decided
             else send  # the store failed open: nothing is known, no fields are sent
         )
-        if not held:
-            await self.mw.app(scope, receive, wrapped)
-            return
-        await self._run_holding(scope, receive, wrapped, held, token)
+        return wrapped, held, token
+
+    def keep_slots(self, held: list[str], token: str) -> Callable[[], Awaitable[None]]:
+        """Renew ``held`` while a request admitted earlier runs; returns what releases them
+        (`RateLimitMiddleware` outside an idempotency layer admits mid-request)."""
+        renew = self._renewer(held, token)
+        holder = object()
+        leases = self._leases.add(holder, renew)
+
+        async def release() -> None:
+            if leases is not None:
+                leases.remove(holder)
+            await self._release(held, token)
+
+        return release
+
+    def _renewer(self, held: list[str], token: str) -> Callable[[], Awaitable[bool]]:
+        store: Any = self.mw.store
+        lease_ms = self._lease_ms
+
+        async def renew() -> bool:
+            try:
+                if await store.renew_slots(held, token, lease_ms=lease_ms):
+                    return True
+                logger.warning("a concurrency slot ran out while its request was running")
+                return False
+            except Exception as exc:
+                failures.warning(f"rate-limit store failed to renew slots ({type(exc).__name__})")
+                return True
+
+        return renew
+
+    def late_hits(self, view: RequestView, tiers: list[_Tier]) -> list[RateLimitHit]:
+        """The static charge of the rate tiers (no slots, no computed costs, no overrides),
+        for a request that was answered before anyone decided it."""
+        return [
+            RateLimitHit(t.prefix + key, t.algorithm, t.limit, t.window_ms, t.cost)
+            for t in tiers
+            if not t.concurrency and (key := t.key(view)) is not None
+        ]
 
     async def _collect(
         self, scope: Scope, send: Send, view: RequestView, tiers: list[_Tier]
@@ -255,19 +309,7 @@ class Featured:
     async def _run_holding(
         self, scope: Scope, receive: Receive, send: Send, held: list[str], token: str
     ) -> None:
-        store: Any = self.mw.store
-        lease_ms = self._lease_ms
-
-        async def renew() -> bool:
-            try:
-                if await store.renew_slots(held, token, lease_ms=lease_ms):
-                    return True
-                logger.warning("a concurrency slot ran out while its request was running")
-                return False
-            except Exception as exc:
-                failures.warning(f"rate-limit store failed to renew slots ({type(exc).__name__})")
-                return True
-
+        renew = self._renewer(held, token)
         holder = object()
         try:
             leases = self._leases.add(holder, renew)

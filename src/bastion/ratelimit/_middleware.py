@@ -16,6 +16,7 @@ from bastion._paths import normal_method, normal_path
 from bastion.exceptions import ConfigurationError, StoreError
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.ratelimit._featured import Featured
+from bastion.ratelimit._gate import Gate, idempotency_inside
 from bastion.ratelimit._headers import (
     RETRY_AFTER,
     LimitItem,
@@ -66,6 +67,7 @@ class _Tier:
         "key",
         "limit",
         "limit_prefix",
+        "methods",
         "name",
         "needs_body",
         "overrides",
@@ -84,6 +86,7 @@ class _Tier:
         self.exact = matcher.exact
         self.pattern = matcher.pattern
         self.name = tier.name
+        self.methods = tier.methods
         self.key = tier.key
         self.needs_body = bool(tier.key.needs_body) or bool(getattr(tier.cost, "needs_body", False))
         self.prefix = tier.name + ":"
@@ -195,6 +198,12 @@ class RateLimitMiddleware:
         )
         tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
         self._featured = Featured(self)
+        # keyed requests an idempotency layer inside decides are charged once it has decided
+        self._idempotency = idempotency_inside(app)
+        replay = settings.replay_tier
+        self._replay = (
+            None if replay is None else _Tier(replay, settings.fail_open, settings.shadow)
+        )
         # tiers by method, so a request only looks at the tiers that can apply to it
         pairs = list(zip(tiers, settings.tiers, strict=True))
         methods = {method for tier in settings.tiers for method in tier.methods}
@@ -209,7 +218,8 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path = normal_path(scope["path"])
-        group = self._by_method.get(normal_method(scope["method"]), self._any_method)
+        method = normal_method(scope["method"])
+        group = self._by_method.get(method, self._any_method)
         applicable: list[_Tier] = []
         needs_body = False
         for tier in group.tiers:
@@ -220,7 +230,7 @@ class RateLimitMiddleware:
             ):
                 applicable.append(tier)
                 needs_body = needs_body or tier.needs_body
-        if not applicable:
+        if not applicable and self._replay is None:
             await self.app(scope, receive, send)
             return
         body = None
@@ -230,6 +240,13 @@ class RateLimitMiddleware:
             except ClientDisconnected:
                 return
         view = RequestView(scope, self._resolver, body)
+        idempotency = self._idempotency
+        if idempotency is not None and idempotency.covers(method, path, scope["headers"]):
+            await Gate(self, scope, send, view, group, applicable).run(receive)
+            return
+        if not applicable:  # only the replay tier might have applied
+            await self.app(scope, receive, send)
+            return
         if group.featured:
             await self._featured(scope, receive, send, view, applicable)
             return

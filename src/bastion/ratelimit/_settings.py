@@ -56,6 +56,12 @@ class RateLimitSettings(EnvSettings):
     of it while the request runs."""
     concurrency_retry_after: int = 1
     """``Retry-After`` seconds on a 429 from a concurrency tier: when a slot frees is unknown."""
+    replay_tier: Tier | None = None
+    """The tier that charges what an `IdempotencyMiddleware` inside answers itself (replays,
+    in-flight 409s, 422s), which never cost the normal tiers anything; none by default, so
+    they are free. Only a plain tier (a static cost, no shadow, overrides, count_when or
+    concurrency, a key that needs no body); with ``shadow`` set here, it is shadowed too.
+    See docs/rate-limiting.md, "Order of middleware"."""
 
     def __post_init__(self) -> None:
         tiers = tuple(self.tiers)
@@ -65,6 +71,24 @@ class RateLimitSettings(EnvSettings):
         if len(set(names)) != len(names):
             raise ConfigurationError(f"tier names must be unique: {names}")
         object.__setattr__(self, "tiers", tiers)
+        replay = self.replay_tier
+        if replay is not None:
+            if not isinstance(replay, Tier):
+                raise ConfigurationError("replay_tier must be a Tier")
+            if replay.name in names:
+                raise ConfigurationError(f"replay_tier's name {replay.name!r} is taken by a tier")
+            if (
+                not isinstance(replay.cost, int)
+                or replay.shadow
+                or replay.overrides is not None
+                or replay.count_when is not None
+                or replay.concurrency
+                or replay.key.needs_body
+            ):
+                raise ConfigurationError(
+                    "replay_tier must be a plain tier: a static cost, no shadow, overrides, "
+                    "count_when or concurrency, and a key that needs no body"
+                )
         parse_networks(self.trusted_proxies)
         proxy_header = self.proxy_header.strip().lower()
         if proxy_header not in {"x-forwarded-for", "forwarded"}:
