@@ -93,6 +93,13 @@ def load(session: nox.Session) -> None:
     _run(session, "python", "-m", "loadtest", *session.posargs, env=env)
 
 
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/, failing on any warning (broken links included)."""
+    _run(session, "python", "scripts/settings_reference.py", "--check")
+    _run(session, "mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
 def _venv_python(env: Path) -> Path:
     return (
         env
