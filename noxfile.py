@@ -80,6 +80,15 @@ def wheel(session: nox.Session) -> None:
     _wheel_suite(session, session.posargs or ["-m", WHEEL_MARKERS, "tests"])
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, side by side with peers, in one run each."""
+    env = {"PYTHONHASHSEED": "0", **os.environ}
+    for script in sorted(os.listdir("benchmarks")):
+        if script.startswith("bench_") and script.endswith(".py"):
+            session.run("python", f"benchmarks/{script}", *session.posargs, env=env, external=True)
+
+
 def _venv_python(env: Path) -> Path:
     return (
         env
