@@ -361,6 +361,11 @@ async def prime(app: Any, variant: Variant) -> None:
 
 
 def server_app() -> Any:
-    """The variant named by ``BASTION_BENCH_VARIANT``, for ``uvicorn --factory``."""
+    """The variant named by ``BASTION_BENCH_VARIANT``, for ``uvicorn --factory``; with
+    ``BASTION_BENCH_NO_HIREDIS`` set, redis-py cannot find hiredis and parses in Python."""
+    if os.environ.get("BASTION_BENCH_NO_HIREDIS"):
+        import sys
+
+        sys.modules["hiredis"] = None  # type: ignore[assignment]
     app, _closers = build(os.environ["BASTION_BENCH_VARIANT"])
     return app
