@@ -12,7 +12,7 @@ marked.
 Memory variants keep one store per worker process. The Redis variants (and their peer) need
 Redis at ``BASTION_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``); every key
 they make carries this run's tag and is deleted at the end. ``full stack, redis, no hiredis``
-hides hiredis from redis-py, to show what the optional parser (``bastion[redis-fast]``) is worth.
+hides hiredis from redis-py, to show what that optional parser is worth.
 
 Everything shares the machine: wrk, both workers and Redis compete for its cores, so read the
 ratios to the bare app within one run, not the absolute figures.
