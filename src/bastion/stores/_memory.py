@@ -359,7 +359,9 @@ class MemoryStore:
         if held is None:
             return False
         queue, record, _, _ = held
-        entry = _EXPIRY.pack(now + lease_ms) + record[_EXPIRY.size :]
+        # never shorten: a renewal asking for less time than is left keeps the deadline
+        expires = max(_expiry(record), now + lease_ms)
+        entry = _EXPIRY.pack(expires) + record[_EXPIRY.size :]
         self._records.move(key, queue, 2 * lease_ms, None, entry, now)
         return True
 
