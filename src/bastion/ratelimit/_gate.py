@@ -160,14 +160,12 @@ class Gate:
     ) -> bool:
         """The short path's decision for ``hits``: True to go on (with the fields to send).
         ``shadow`` (the replay tier in global shadow mode): decided and counted, never sent."""
-        from bastion.ratelimit._middleware import _all_allowed
-
         mw, scope = self.mw, self.scope
         try:
             decisions: list[RateLimitDecision] = await timed(
                 mw.observer, mw._backend, "hit", mw.store.hit(hits)
             )
-            allowed = _all_allowed(decisions, len(hits))
+            allowed = mw._check(decisions, len(hits))
         except Exception as exc:
             failures.warning(f"rate-limit store failed ({type(exc).__name__})")
             return await self._store_failed(tiers)
