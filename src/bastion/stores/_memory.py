@@ -119,15 +119,15 @@ class _Queue:
         if not chunk and n != self.last:
             del self.chunks[n]
 
-    def front(self) -> str | None:
-        """The oldest key, or None when empty."""
+    def front(self) -> tuple[str, bytes] | None:
+        """The oldest key and its entry, or None when empty."""
         if not self.where:
             return None
         chunks = self.chunks
         while self.first not in chunks:
             self.first += 1
         # every chunk but the last goes once empty, so this one holds the oldest entry
-        return next(iter(chunks[self.first]), None)
+        return next(iter(chunks[self.first].items()), None)
 
 
 class _ExpiringMap:
@@ -174,6 +174,20 @@ class _ExpiringMap:
                 return queue
         return None
 
+    def lookup(self, key: str) -> tuple[_Queue, bytes] | None:
+        """The queue holding ``key`` and its entry, expired or not."""
+        if self._where is not None:
+            number = self._where.get(key)
+            if number is None:
+                return None
+            queue = self._numbered[number]
+            return queue, queue.chunks[queue.where[key]][key]
+        for queue in self._queues.values():
+            n = queue.where.get(key)
+            if n is not None:
+                return queue, queue.chunks[n][key]
+        return None
+
     def remove(self, key: str, queue: _Queue) -> None:
         queue.pop(key)
         if self._where is not None:
@@ -201,7 +215,13 @@ class _ExpiringMap:
     ) -> None:
         """Rewrite a present key (found in ``old``) at the back of its class's queue."""
         if old.cls == cls:
-            old.replace(key, entry)
+            n = old.where[key]
+            if n == old.last:  # the common case: rewritten at the back of the back chunk
+                chunk = old.chunks[n]
+                del chunk[key]
+                chunk[key] = entry
+            else:
+                old.replace(key, entry)
             return
         old.pop(key)
         queue = self._queues.get(cls)
@@ -226,25 +246,22 @@ class _ExpiringMap:
 
     def _sweep(self, queue: _Queue, now: int) -> None:
         for _ in range(_SWEEP):
-            key = queue.front()
-            if key is None:
+            chunk = queue.chunks.get(queue.first)
+            # the front chunk is nearly always where `first` points: look there directly
+            oldest = next(iter(chunk.items()), None) if chunk else queue.front()
+            if oldest is None or _EXPIRY.unpack_from(oldest[1])[0] > now:
                 return
-            entry = queue.get(key)
-            assert entry is not None
-            if _expiry(entry) > now:
-                return
-            self.remove(key, queue)
+            self.remove(oldest[0], queue)
 
     def _evict(self, now: int) -> bool:
         victim: _Queue | None = None
         victim_key = ""
         best_rank = best_expiry = 0
         for queue in self._queues.values():
-            key = queue.front()
-            if key is None:
+            oldest = queue.front()
+            if oldest is None:
                 continue
-            entry = queue.get(key)
-            assert entry is not None
+            key, entry = oldest
             expires = _expiry(entry)
             if expires <= now:
                 rank = -1
@@ -311,17 +328,16 @@ class MemoryStore:
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
         now = self._now()
         records = self._records
-        queue = records.find(key)
-        if queue is not None:
-            record = queue.get(key)
-            assert record is not None
+        found = records.lookup(key)
+        if found is not None:
+            queue, record = found
             expires, flags, size = _RECORD.unpack_from(record)
             if expires > now:
                 end = _RECORD.size + size
-                found = _unpack_fingerprint(flags, record[_RECORD.size : end])
+                stored = _unpack_fingerprint(flags, record[_RECORD.size : end])
                 if flags & _DONE:
-                    return Claim(False, found, record[end:], 0)
-                return Claim(False, found, None, expires - now)
+                    return Claim(False, stored, record[end:], 0)
+                return Claim(False, stored, None, expires - now)
             records.remove(key, queue)
         flags, raw = _pack_fingerprint(fingerprint)
         entry = (
@@ -340,11 +356,10 @@ class MemoryStore:
         """The queue, record, flags and fingerprint length of ``key`` while ``token``
         holds its lease."""
         records = self._records
-        queue = records.find(key)
-        if queue is None:
+        found = records.lookup(key)
+        if found is None:
             return None
-        record = queue.get(key)
-        assert record is not None
+        queue, record = found
         expires, flags, size = _RECORD.unpack_from(record)
         if expires <= now:
             records.remove(key, queue)
@@ -396,16 +411,14 @@ class MemoryStore:
         states: list[State] = []
         allowed = True
         for one in hits:
-            queue = buckets.find(one.key)
+            found = buckets.lookup(one.key)
             state = None
-            if queue is not None:
-                entry = queue.get(one.key)
-                assert entry is not None
-                expires, a, b, c = _BUCKET.unpack(entry)
+            if found is not None:
+                expires, a, b, c = _BUCKET.unpack(found[1])
                 if expires > now:
                     state = (a, b, c)
                 else:
-                    buckets.remove(one.key, queue)
+                    buckets.remove(one.key, found[0])
             decision, state = decide(one, state, now)
             decisions.append(decision)
             states.append(state)
