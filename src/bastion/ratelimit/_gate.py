@@ -29,7 +29,7 @@ from bastion._paths import normal_method, normal_path
 from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
 from bastion.observe import timed
-from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, rate_fields, seconds
+from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, rate_fields
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import RateLimitDecision, RateLimitHit
 from bastion.typing import Message, Receive, Scope, Send
@@ -188,7 +188,7 @@ class Gate:
         if mw._headers:
             policy = b", ".join([tier.policy for tier in tiers])
             items: list[LimitItem] = [
-                (d.remaining, seconds(d.reset_ms), t.limit_prefix, t.limit)
+                (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)  # `seconds`
                 for t, d in zip(tiers, decisions, strict=True)
             ]
             self.fields = rate_fields(policy, items, legacy=mw._legacy)
