@@ -81,3 +81,39 @@ async def test_stored_state_is_invisible_to_the_cyclic_gc(clock: FakeClock) -> N
     await store.acquire_slots([(f"s{i}", 5) for i in range(100)], "holder", lease_ms=30_000)
     assert len(store._records) == len(store._buckets) == entries
     assert _gc_visits() - before < entries / 4
+
+
+def test_chunked_queue_keeps_fifo_order_across_chunks() -> None:
+    """Appends, removals from anywhere and rewrites keep the memory store's queues in write
+    order, the front always the oldest entry, across many chunks (checked against an
+    OrderedDict)."""
+    from collections import OrderedDict
+    from random import Random
+
+    from bastion.stores._memory import _Queue
+
+    rng = Random(14)
+    queue, model = _Queue("cls", 0, 0), OrderedDict[str, bytes]()
+    for step in range(20_000):
+        roll = rng.random()
+        if roll < 0.5 or not model:
+            key = f"k{step}"
+            queue.append(key, b"%d" % step)
+            model[key] = b"%d" % step
+        elif roll < 0.7:
+            key = next(iter(model))
+            queue.pop(key)
+            del model[key]
+        elif roll < 0.85:
+            key = rng.choice(list(model))
+            queue.pop(key)
+            del model[key]
+        else:
+            key = rng.choice(list(model))
+            queue.replace(key, b"r%d" % step)
+            del model[key]
+            model[key] = b"r%d" % step
+        assert len(queue) == len(model)
+        assert queue.front() == next(iter(model.items()), None)
+    for key, entry in model.items():
+        assert queue.get(key) == entry

@@ -234,7 +234,12 @@ class _ExpiringMap:
             queue = self._queue(cls, rank)
         elif queue.where:
             self._sweep(queue, now)
-        queue.append(key, entry)
+        chunk = queue.chunks[queue.last]
+        if len(chunk) >= _CHUNK:
+            queue.append(key, entry)
+        else:
+            chunk[key] = entry
+            queue.where[key] = queue.last
         if self._where is not None:
             self._where[key] = queue.number
 
