@@ -128,8 +128,8 @@ def _end_only_open_transactions(engine: AsyncEngine) -> None:
 
         return maybe
 
-    dialect.do_commit = if_open(dialect.do_commit)  # type: ignore[method-assign]
-    dialect.do_rollback = if_open(dialect.do_rollback)  # type: ignore[method-assign]
+    dialect.do_commit = if_open(dialect.do_commit)  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = if_open(dialect.do_rollback)  # type: ignore[method-assign,assignment]
 
 
 class SQLStore:
