@@ -279,6 +279,33 @@ class PostgreSQL(Dialect):
 class SQLite(Dialect):
     name = "sqlite"
 
+    def _claim(self) -> Executable:
+        r = self.tables.records
+        stmt = sqlite.insert(r).values(
+            key=bindparam("p_key"),
+            fingerprint=bindparam("p_fingerprint"),
+            token=bindparam("p_token"),
+            response=None,
+            expires_at=bindparam("p_until"),
+        )
+        free = r.c.expires_at <= bindparam("p_now")
+        # a conditional update that leaves a live row as it is still returns it: a claim, a
+        # replay, an in-flight key and a takeover are one statement (SQLite 3.35+)
+        return stmt.on_conflict_do_update(
+            index_elements=[r.c.key],
+            set_={
+                "fingerprint": case((free, stmt.excluded.fingerprint), else_=r.c.fingerprint),
+                "token": case((free, stmt.excluded.token), else_=r.c.token),
+                "response": case((free, None), else_=r.c.response),
+                "expires_at": case((free, stmt.excluded.expires_at), else_=r.c.expires_at),
+            },
+        ).returning(r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at)
+
+    async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        # the token tells whether the upsert inserted or took over the row (tokens are unique)
+        held = (await conn.execute(self.claim_stmt, params)).one()
+        return (True, None) if held[0] == params["p_token"] else (False, tuple(held))
+
     async def begin(self, conn: AsyncConnection) -> None:
         # SQLite has one writer at a time: take the write lock up front, so a transaction
         # never reads, then fails to upgrade with "database is locked" half way through. The
