@@ -11,9 +11,11 @@ consecutive failures, probing again after 2 s).
 1. Load: the full stack (a fail-open fixed window of ``LIMIT`` per client, outside
    `IdempotencyMiddleware`) on a private, healthy redis-server, while busy-loop processes
    (one per core) saturate the CPU; bursts of ``--concurrency`` concurrent requests from one
-   client, fresh Idempotency-Key each. Spurious failures are store calls that failed although
-   Redis was up (a 503, or a 200 without a ``RateLimit`` field: decided by fail-open);
-   over-admission is how many more than ``LIMIT`` were let through.
+   client, fresh Idempotency-Key each. Spurious failures are responses a store failure
+   decided although Redis was up (a 503, or a 200 without a ``RateLimit`` field: decided by
+   fail-open); failed store calls counts every store call that raised (a failed claim or
+   completion under fail-open still answers 201); over-admission is how many more than
+   ``LIMIT`` were let through.
 2. Outage: the same stack, ``--concurrency`` concurrent requests per burst, while Redis is down
    (port closed), frozen (SIGSTOP) and recovering (SIGCONT, then the first bursts); the time
    each request took beyond the healthy median, averaged, and the worst.
@@ -211,8 +213,26 @@ async def burst(app: Any, size: int, tag: str, peer: str = "203.0.113.9") -> Bur
     return result
 
 
-async def load_run(url: str, name: str, bursts: int, size: int) -> tuple[int, int, int]:
+def count_failures(store: RedisStore) -> list[int]:
+    """A one-item list counting the store calls that raised (a fail-open policy hides most of
+    them from the responses: a failed claim or completion still answers 201)."""
+    failed = [0]
+    bounded = store._bounded
+
+    async def counted(operation: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await bounded(operation, call)
+        except StoreUnavailable:
+            failed[0] += 1
+            raise
+
+    store._bounded = counted  # type: ignore[method-assign]
+    return failed
+
+
+async def load_run(url: str, name: str, bursts: int, size: int) -> tuple[int, int, int, int]:
     store = CONFIGS[name](url)
+    failed = count_failures(store)
     app = build(store)
     spurious = admitted = total = 0
     try:
@@ -223,7 +243,7 @@ async def load_run(url: str, name: str, bursts: int, size: int) -> tuple[int, in
             total += size
     finally:
         await store.aclose()
-    return total, spurious, admitted
+    return total, spurious, admitted, failed[0]
 
 
 def ms(seconds: float) -> str:
@@ -274,14 +294,17 @@ async def main(quick: bool, concurrency: int) -> None:
         try:
             print(f"load: {bursts} bursts of {concurrency} concurrent requests, "
                   f"{2 * cores} busy-loop processes saturating {cores} cores, Redis healthy")  # fmt: skip
-            print(f"{'config':8} {'requests':>9} {'spurious failures':>18} {'over-admitted':>14}")
+            print(
+                f"{'config':8} {'requests':>9} {'spurious failures':>18} {'over-admitted':>14}"
+                f" {'failed store calls':>19}"
+            )
             with saturated_cpu(2 * cores):
                 for name in CONFIGS:
-                    total, spurious, admitted = await load_run(
+                    total, spurious, admitted, failed = await load_run(
                         server.url, name, bursts, concurrency
                     )
                     over = max(0, admitted - LIMIT)
-                    print(f"{name:8} {total:9d} {spurious:18d} {over:14d}")
+                    print(f"{name:8} {total:9d} {spurious:18d} {over:14d} {failed:19d}")
             print()
             print(f"outage: {bursts} bursts of {concurrency} concurrent requests per phase; "
                   "ms per request beyond the healthy median (mean / max)")  # fmt: skip
