@@ -144,10 +144,12 @@ class Gate:
     A call waits for a free place in FIFO order while the backend keeps answering the calls
     ahead of it: a process that queues behind its own burst, or whose event loop is starved
     of CPU, is slow, not facing an outage, and its calls must not fail (nor open the
-    breaker). A waiting call fails once the backend has answered none of this gate's calls
-    for ``timeout`` (a frozen or dead server), or at once when the breaker is open. A call
-    holding a place then has ``timeout`` for its own answer, and only that part is counted
-    by the breaker. So a frozen server costs a call about ``timeout``, queued or not.
+    breaker). A call fails once the backend has been silent for ``timeout`` since the call
+    began or since the last answer to any of this gate's calls, whichever is later (a frozen
+    or dead server), or at once when the breaker is open. Only the failures of calls that
+    reached the backend are counted by the breaker. So a frozen server costs a call about
+    ``timeout``, queued or not, and a call holding a place never waits more than ``timeout``
+    for its own answer.
     """
 
     __slots__ = ("_answered_at", "_free", "_waiters", "breaker", "name", "timeout")
@@ -163,15 +165,16 @@ class Gate:
     async def call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call`` once a place is free, within ``timeout`` of waiting for its answer."""
         self.breaker.check()
-        await self._enter(operation)
+        since = await self._enter(operation)
         try:
-            return await self.breaker.call(lambda: self._answer(operation, call))
+            deadline = max(since, self._answered_at) + self.timeout
+            return await self.breaker.call(lambda: self._answer(operation, call, deadline))
         finally:
             self._leave()
 
-    async def _answer(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _answer(self, operation: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_at(deadline):
                 result = await call()
         except TimeoutError as exc:
             raise StoreUnavailable(
@@ -184,27 +187,28 @@ class Gate:
         self._answered_at = anyio.current_time()
         return result
 
-    async def _enter(self, operation: str) -> None:
+    async def _enter(self, operation: str) -> float:
+        """Wait for a place; when the call began."""
+        since = anyio.current_time()
         if self._free and not self._waiters:
             self._free -= 1
-            return
+            return since
         turn = anyio.Event()
         self._waiters.append(turn)
-        since = anyio.current_time()
         try:
             while True:
-                quiet_until = max(since, self._answered_at) + self.timeout
-                left = quiet_until - anyio.current_time()
+                left = max(since, self._answered_at) + self.timeout - anyio.current_time()
                 if left <= 0:
                     raise StoreUnavailable(
                         f"{self.name} answered none of this process's calls within "
                         f"{self.timeout} s while {operation} waited for a connection"
                     )
+                if turn.is_set():
+                    return since
                 with anyio.move_on_after(left):
                     await turn.wait()
-                if turn.is_set():
-                    return
-                self.breaker.check()
+                if not turn.is_set():
+                    self.breaker.check()
         except BaseException:
             if turn.is_set():
                 self._leave()  # handed a place while leaving: pass it on
