@@ -1,8 +1,9 @@
 """The statements each dialect runs for the store's primitives, built once per store.
 
-PostgreSQL and SQLite share ``INSERT … ON CONFLICT … RETURNING``; MySQL and MariaDB have
-neither ``ON CONFLICT`` nor (in MySQL) ``RETURNING``, so they use ``ON DUPLICATE KEY UPDATE``
-and read the row back under the lock that statement took. Statements are built with bind
+PostgreSQL and SQLite share ``INSERT … ON CONFLICT … RETURNING``; MySQL and MariaDB have no
+``ON CONFLICT``, so they use ``ON DUPLICATE KEY UPDATE``, with ``RETURNING`` on MariaDB 10.5+
+and a read back of the row on MySQL. PostgreSQL and MySQL/MariaDB decide rate limits in a
+routine of their own (`_functions`), SQLite in Python. Statements are built with bind
 parameters once, so SQLAlchemy compiles each of them a single time.
 """
 
