@@ -15,7 +15,8 @@ consecutive failures, probing again after 2 s).
    decided although Redis was up (a 503, or a 200 without a ``RateLimit`` field: decided by
    fail-open); failed store calls counts every store call that raised (a failed claim or
    completion under fail-open still answers 201); over-admission is how many more than
-   ``LIMIT`` were let through.
+   ``LIMIT`` were let through. ``--stall S``: one request per burst hogs the event loop for
+   S seconds in its handler, as CPU-heavy work or a long GC pause would.
 2. Outage: the same stack, ``--concurrency`` concurrent requests per burst, while Redis is down
    (port closed), frozen (SIGSTOP) and recovering (SIGCONT, then the first bursts); the time
    each request took beyond the healthy median, averaged, and the worst.
@@ -174,6 +175,10 @@ a connection plus 0.25 s for the reply (0.5 s in all), no breaker, no retries.""
 
 def build(store: RedisStore) -> Any:
     async def create(request: Request) -> Response:
+        stall = float(request.headers.get("x-stall", "0"))
+        end = time.perf_counter() + stall
+        while time.perf_counter() < end:
+            pass  # a handler hogging the event loop (CPU-heavy work, a long GC pause)
         return JSONResponse({"ok": True}, status_code=201)
 
     app = Starlette(routes=[Route("/orders", create, methods=["POST"])])
@@ -191,7 +196,9 @@ class Burst:
     admitted: int = 0
 
 
-async def burst(app: Any, size: int, tag: str, peer: str = "203.0.113.9") -> Burst:
+async def burst(
+    app: Any, size: int, tag: str, peer: str = "203.0.113.9", stall: float = 0.0
+) -> Burst:
     result = Burst()
     transport = httpx.ASGITransport(app=app, client=(peer, 50_000))
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
@@ -199,7 +206,12 @@ async def burst(app: Any, size: int, tag: str, peer: str = "203.0.113.9") -> Bur
         async def one(i: int) -> None:
             started = time.perf_counter()
             response = await client.post(
-                "/orders", content=b"{}", headers={"Idempotency-Key": f"{tag}-{i}"}
+                "/orders",
+                content=b"{}",
+                headers={
+                    "Idempotency-Key": f"{tag}-{i}",
+                    **({"x-stall": str(stall)} if stall and i == size // 4 else {}),
+                },
             )
             result.latencies.append(time.perf_counter() - started)
             if response.status_code < 300:
@@ -230,14 +242,16 @@ def count_failures(store: RedisStore) -> list[int]:
     return failed
 
 
-async def load_run(url: str, name: str, bursts: int, size: int) -> tuple[int, int, int, int]:
+async def load_run(
+    url: str, name: str, bursts: int, size: int, stall: float = 0.0
+) -> tuple[int, int, int, int]:
     store = CONFIGS[name](url)
     failed = count_failures(store)
     app = build(store)
     spurious = admitted = total = 0
     try:
         for b in range(bursts):
-            result = await burst(app, size, f"load-{name}-{time.time_ns()}-{b}")
+            result = await burst(app, size, f"load-{name}-{time.time_ns()}-{b}", stall=stall)
             spurious += result.spurious
             admitted += result.admitted
             total += size
@@ -284,7 +298,7 @@ async def outage_run(server: Server, name: str, bursts: int, size: int) -> dict[
     return phases
 
 
-async def main(quick: bool, concurrency: int) -> None:
+async def main(quick: bool, concurrency: int, stall: float) -> None:
     logging.getLogger("bastion").setLevel(logging.CRITICAL)  # each failure is counted here
     bursts = 3 if quick else 10
     cores = os.cpu_count() or 2
@@ -293,7 +307,8 @@ async def main(quick: bool, concurrency: int) -> None:
         server.start()
         try:
             print(f"load: {bursts} bursts of {concurrency} concurrent requests, "
-                  f"{2 * cores} busy-loop processes saturating {cores} cores, Redis healthy")  # fmt: skip
+                  f"{2 * cores} busy-loop processes saturating {cores} cores, Redis healthy"
+                  + (f", one handler per burst blocking the loop {stall} s" if stall else ""))  # fmt: skip
             print(
                 f"{'config':8} {'requests':>9} {'spurious failures':>18} {'over-admitted':>14}"
                 f" {'failed store calls':>19}"
@@ -301,7 +316,7 @@ async def main(quick: bool, concurrency: int) -> None:
             with saturated_cpu(2 * cores):
                 for name in CONFIGS:
                     total, spurious, admitted, failed = await load_run(
-                        server.url, name, bursts, concurrency
+                        server.url, name, bursts, concurrency, stall
                     )
                     over = max(0, admitted - LIMIT)
                     print(f"{name:8} {total:9d} {spurious:18d} {over:14d} {failed:19d}")
@@ -330,5 +345,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="seconds one request per load burst blocks the event loop (default 0)",
+    )
     args = parser.parse_args()
-    anyio.run(main, args.quick, args.concurrency)
+    anyio.run(main, args.quick, args.concurrency, args.stall)
