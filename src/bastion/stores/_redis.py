@@ -50,10 +50,10 @@ __all__ = [
 
 DEFAULT_PREFIX = "bastion"
 DEFAULT_TIMEOUT = 1.0
-"""Seconds one store call may take in all: waiting for a pooled connection, connecting,
-sending and reading. Long enough that a healthy Redis on a host whose cores are saturated
-never misses it (benchmarks/bench_outage.py: 0.25 s failed there, 1 s did not); an outage
-costs it only until the circuit breaker opens."""
+"""Seconds a store call may wait on Redis: for a pooled connection while Redis answers none
+of the calls holding them, then for its reply (see `Gate`: time queued behind the process's
+own calls does not count). 0.25 s failed calls of a healthy Redis on saturated cores
+(benchmarks/bench_outage.py); an outage costs it only until the circuit breaker opens."""
 DEFAULT_SOCKET_TIMEOUT = DEFAULT_TIMEOUT
 DEFAULT_RETRIES = 1
 DEFAULT_EXPIRY_SLACK_MS = 1_000
@@ -91,11 +91,11 @@ class RedisStore:
 
     Pass a redis-py asyncio ``client`` (``Redis`` or ``RedisCluster``, which the store never
     closes) or a ``url`` (the store builds and owns its client). Every call is bounded by
-    ``timeout`` (1 s by default), which covers the wait for a pooled connection as well as
-    connecting and the round trip; ``socket_timeout``, ``socket_connect_timeout`` and
-    ``pool_timeout`` default to it. At most ``max_connections`` (16 by default) connections
-    are opened per process (per node on a cluster); a burst beyond that waits for a free one,
-    within the same bound.
+    ``timeout`` (1 s by default) of waiting on Redis: for a pooled connection while Redis
+    answers none of the calls ahead, then for connecting and the round trip;
+    ``socket_timeout``, ``socket_connect_timeout`` and ``pool_timeout`` default to it. At
+    most ``max_connections`` (16 by default) connections are opened per process (per node
+    on a cluster); a burst beyond that waits for a free one, first come first served.
 
     Operations that are safe to repeat (claim, renew, complete, release, ping: each is fenced
     by the request's own token, so a repeat changes nothing) are sent again up to ``retries``
