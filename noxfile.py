@@ -93,6 +93,22 @@ def load(session: nox.Session) -> None:
     _run(session, "python", "-m", "loadtest", *session.posargs, env=env)
 
 
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/, failing on any warning (broken links included)."""
+    _run(session, "python", "scripts/settings_reference.py", "--check")
+    _run(session, "mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark, side by side with peers, in one run each."""
+    env = {"PYTHONHASHSEED": "0", **os.environ}
+    for script in sorted(os.listdir("benchmarks")):
+        if script.startswith("bench_") and script.endswith(".py"):
+            session.run("python", f"benchmarks/{script}", *session.posargs, env=env, external=True)
+
+
 def _venv_python(env: Path) -> Path:
     return (
         env

@@ -90,8 +90,13 @@ async def test_replay_conflict_mismatch_and_limit_match_the_schema() -> None:
         assert "retry-after" in conflict.headers
         gate.clear()
 
-        limited = await client.post("/pay", json={"a": 4}, headers={"Idempotency-Key": "o-3"})
-        assert limited.status_code == 429
+        # the replay, the 422 and the 409 cost no quota: 3 of the tier's 5 are left
+        fresh = [
+            await client.post("/pay", json={"a": 4}, headers={"Idempotency-Key": f"o-{n}"})
+            for n in range(5)
+        ]
+        assert [r.status_code for r in fresh] == [201, 201, 201, 429, 429]
+        limited = fresh[3]
         assert "ratelimit" in limited.headers
 
     for response, body in [

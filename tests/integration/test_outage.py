@@ -210,10 +210,10 @@ async def test_redis_outage_through_the_stack(tmp_path: Path, clock: FakeClock) 
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
-async def _sql_store(url: str, clock: FakeClock) -> Any:
+async def _sql_store(url: str, clock: FakeClock, breaker_clock: FakeClock) -> Any:
     from bastion.stores.sql import SQLStore
 
-    store = SQLStore(url=url, clock=clock)
+    store = SQLStore(url=url, clock=clock, breaker=CircuitBreaker(clock=breaker_clock))
     await store.create_tables()
     return store
 
@@ -221,16 +221,19 @@ async def _sql_store(url: str, clock: FakeClock) -> Any:
 @pytest.mark.postgres
 async def test_postgres_outage_through_the_stack(clock: FakeClock) -> None:
     """PostgreSQL crashed: no 500, policies honoured; restarted: same app serves normally."""
+    breaker_clock = FakeClock()
     with private_postgres() as server:
-        store = await _sql_store(server.url, clock)
+        store = await _sql_store(server.url, clock, breaker_clock)
         try:
             outage = Outage(store)
             await assert_normal_service(outage, "198.51.100.1")
 
             server.stop()  # immediate: every pooled connection is cut
             await assert_degraded_service(outage, "198.51.100.2", "198.51.100.1/orders")
+            assert store.breaker.state == "open"  # the database is skipped, not waited for
 
             server.start()  # crash recovery; what was committed is still there
+            breaker_clock.advance(store.breaker.reset_after)  # the next call probes
             await assert_normal_service(outage, "198.51.100.3")
             async with outage.client("198.51.100.1") as client:
                 before = await _keyed(client, "/orders", "198.51.100.1/orders")

@@ -101,7 +101,8 @@ class StoreMachine(RuleBasedStateMachine):
         record = self.held(key, token)
         assert got is (record is not None)
         if record is not None:
-            record.expires_at = self.now() + lease
+            # a renewal extends a lease, never shortens it
+            record.expires_at = max(record.expires_at, self.now() + lease)
 
     @rule(key=KEYS, pick=PICKS, ttl=DURATIONS, body=st.binary(max_size=16))
     def complete(self, key: str, pick: int, ttl: int, body: bytes) -> None:

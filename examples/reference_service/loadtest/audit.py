@@ -100,6 +100,21 @@ def server_counters(metrics_dir: Path) -> dict[str, Counter[tuple[str, ...]]]:
     return found
 
 
+_IDEMPOTENCY_ANSWERS = (
+    "idempotency-key-in-flight",
+    "idempotency-key-reused",
+    "idempotency-key-invalid",
+    "idempotency-key-missing",
+    "request-too-large",
+)
+
+
+def _charged(event: dict[str, Any]) -> bool:
+    """Whether the rate limiter decided this answer: bastion charges a keyed request only once
+    its idempotency claim says it is fresh, never a replay, a 409 or a 422."""
+    return not (event["replayed"] or event.get("ptype") in _IDEMPOTENCY_ANSWERS)
+
+
 def _fresh(event: dict[str, Any]) -> bool:
     """Whether the handler ran for this answer (not a replay, a refusal or a 429)."""
     return not (
@@ -361,9 +376,12 @@ def run_audit(
     audit.figures["ledger"] = balances
     audit.check(all(v == 0 for v in balances.values()), f"unbalanced ledger: {balances}")
 
-    # rate limits: no address got more than the register tier allows
+    # rate limits: no address got more fresh sign-ups than the register tier allows (replays,
+    # 409s and 422s are free)
     allowed: Counter[str] = Counter(
-        e["addr"] for e in events if e["op"] == "register" and e["status"] != 429 and e["addr"]
+        e["addr"]
+        for e in events
+        if e["op"] == "register" and e["status"] != 429 and e["addr"] and _charged(e)
     )
     over = {a: n for a, n in allowed.items() if n > register_limit}
     audit.check(not over, f"addresses allowed more than {register_limit} sign-ups: {over}")
@@ -404,7 +422,7 @@ def _compare_counters(stack: Stack, events: list[dict[str, Any]], audit: Audit) 
         ops = [op for op, t in TIER_OF.items() if t == tier]
         mine = [e for e in events if e["op"] in ops]
         client[f"{tier} limited"] = sum(1 for e in mine if e["status"] == 429)
-        client[f"{tier} allowed"] = sum(1 for e in mine if e["status"] != 429)
+        client[f"{tier} allowed"] = sum(1 for e in mine if e["status"] != 429 and _charged(e))
         got[f"{tier} limited"] = limits[(tier, "limited")]
         got[f"{tier} allowed"] = limits[(tier, "allowed")]
     posts = Counter(str(e["status"]) for e in events)

@@ -256,7 +256,8 @@ class MemoryStore:
         if held is None:
             return False
         queue, record = held
-        entry = (now + lease_ms, record[1], token, None)
+        # never shorten: a renewal asking for less time than is left keeps the deadline
+        entry = (max(record[0], now + lease_ms), record[1], token, None)
         self._records.move(key, queue, 2 * lease_ms, None, entry, now)
         return True
 

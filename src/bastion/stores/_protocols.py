@@ -73,7 +73,9 @@ class IdempotencyStore(Store, Protocol):
         """
 
     async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
-        """Extend the lease if ``token`` still holds it; False when it was lost."""
+        """Extend the lease to ``lease_ms`` from now if ``token`` still holds it, never
+        bringing its deadline forward (a caller whose clock is behind must not shorten it);
+        False when it was lost."""
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
         """Store the response if ``token`` still holds the lease (fencing); False otherwise."""
