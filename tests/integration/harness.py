@@ -81,7 +81,20 @@ async def _sql_tables(shared: SharedStore, *, create: bool) -> None:
 def postgres_store_url() -> Iterator[SharedStore]:
     """The shared test PostgreSQL with tables of this test's own: created before any worker
     starts (so no worker races to create them), dropped afterwards."""
-    url = service_url("BASTION_TEST_POSTGRES_URL")
+    with _sql_store_url("BASTION_TEST_POSTGRES_URL") as shared:
+        yield shared
+
+
+@contextmanager
+def mysql_store_url() -> Iterator[SharedStore]:
+    """The shared test MariaDB, like `postgres_store_url`."""
+    with _sql_store_url("BASTION_TEST_MYSQL_URL") as shared:
+        yield shared
+
+
+@contextmanager
+def _sql_store_url(variable: str) -> Iterator[SharedStore]:
+    url = service_url(variable)
     options = {"table_prefix": f"x{uuid.uuid4().hex[:12]}_", "engine_options": SQL_POOL}
     shared = SharedStore(url, options)
     try:
@@ -96,6 +109,7 @@ StoreFactory = Callable[[], AbstractContextManager[SharedStore]]
 STORE_URLS: list[Any] = [
     pytest.param(redis_store_url, marks=pytest.mark.redis, id="redis"),
     pytest.param(postgres_store_url, marks=pytest.mark.postgres, id="postgres"),
+    pytest.param(mysql_store_url, marks=pytest.mark.mysql, id="mysql"),
 ]
 """Every shared store the cross-process proofs run against."""
 

@@ -5,7 +5,7 @@ requests with one Idempotency-Key run its side effect exactly once, and four cli
 of 50 concurrent requests each at its fixed-window tier of 60 get exactly 60 answers of 200
 and 140 of 429. Below HTTP, four processes firing 50 concurrent hits each at one bucket of
 limit 60 through the store alone get exactly 60 allowed. Each runs once per shared store in
-``harness.STORE_URLS`` (real Redis, real PostgreSQL).
+``harness.STORE_URLS`` (real Redis, PostgreSQL and MariaDB).
 """
 
 from __future__ import annotations

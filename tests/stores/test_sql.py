@@ -268,12 +268,24 @@ _STATEMENTS: list[tuple[str, Any, list[str]]] = [
     ("claim, take over", lambda s: s.claim("gone", "fp", "u", lease_ms=LEASE), _TAKE_OVER),
 ]
 _MYSQL = {
-    "claim, free key": ["INSERT", "SELECT"],
-    "hit, allowed": ["INSERT", "SELECT", "UPDATE"],
-    "hit, denied": ["INSERT", "SELECT"],
-    "hit, 3 tiers": ["INSERT", "SELECT", "UPDATE"],
-    "claim, lapsed": ["INSERT", "SELECT"],
-    "claim, take over": ["INSERT", "SELECT"],  # ON DUPLICATE KEY UPDATE takes it over
+    # MariaDB: INSERT … ON DUPLICATE KEY UPDATE … RETURNING, the row it met or made
+    "claim, free key": ["INSERT"],
+    "claim, in flight": ["INSERT"],
+    "claim, replay": ["INSERT"],
+    "claim, lapsed": ["INSERT"],
+    "claim, take over": ["INSERT"],  # ON DUPLICATE KEY UPDATE takes it over
+    # one CALL of the decision procedure: it locks, decides and writes every tier
+    "hit, allowed": ["CALL"],
+    "hit, denied": ["CALL"],
+    "hit, 3 tiers": ["CALL"],
+}
+
+
+_SQLITE = {
+    # INSERT … ON CONFLICT DO UPDATE (a no-op unless the lease ran out) … RETURNING
+    "claim, in flight": ["INSERT"],
+    "claim, replay": ["INSERT"],
+    "claim, take over": ["INSERT"],
 }
 
 
@@ -296,7 +308,9 @@ async def test_statements_per_operation(sql_store: SQLStore, clock: FakeClock) -
     one statement on PostgreSQL, one INSERT plus at most one SELECT elsewhere;
     renew/complete/release one statement; a rate-limit decision one upsert (plus a locking
     SELECT on MySQL) and one UPDATE when allowed."""
-    differences = {"mysql": _MYSQL, "postgresql": _POSTGRES}.get(sql_store.engine.dialect.name, {})
+    differences = {"mysql": _MYSQL, "postgresql": _POSTGRES, "sqlite": _SQLITE}.get(
+        sql_store.engine.dialect.name, {}
+    )
     for name, call, expected in _STATEMENTS:
         if name == "claim, take over":
             clock.advance(0.01)
@@ -534,7 +548,8 @@ async def test_a_blocked_statement_fails_instead_of_hanging(variable: str) -> No
         await store.create_tables()
         await store.claim("k", "fp", "t", lease_ms=60_000)
         records = store.tables.records.name
-        async with other.engine.connect() as blocker, blocker.begin():
+        # a transaction the store begins (its MySQL engine's connections autocommit)
+        async with other.connect_transaction() as blocker:
             await blocker.execute(text(f"SELECT * FROM {records} FOR UPDATE"))
             with anyio.fail_after(10), pytest.raises(StoreError):
                 await store.complete("k", "t", b"done", ttl_ms=60_000)
@@ -557,3 +572,161 @@ async def test_postgres_installs_a_missing_decision_function(clock: FakeClock) -
                 await conn.exec_driver_sql(ddl)
         assert [d.allowed for d in await store.hit([_hit("a", limit=1)])] == [True]
         assert [d.allowed for d in await store.hit([_hit("a", limit=1)])] == [False]
+
+
+# -- MySQL / MariaDB: one round trip per primitive ------------------------------------------
+
+
+@contextmanager
+def _wire(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """What reaches the server: each statement, and each COMMIT or ROLLBACK the driver sends
+    (including the pool's reset of a returned connection)."""
+    from sqlalchemy.dialects.mysql.asyncmy import AsyncAdapt_asyncmy_connection as Adapted
+
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql.split(None, 1)[0].upper())
+
+    for name in ("commit", "rollback"):
+        send = getattr(Adapted, name)
+
+        def counted(self: Any, send: Any = send, name: str = name) -> Any:
+            seen.append(name.upper())
+            return send(self)
+
+        monkeypatch.setattr(Adapted, name, counted)
+    engine = store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        monkeypatch.undo()
+
+
+@pytest.mark.mysql
+async def test_mariadb_primitives_send_one_statement_and_nothing_else(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the engine the store builds, a claim, a completion, a replay and a rate-limit
+    decision each send exactly one statement: no COMMIT, no pool ROLLBACK."""
+    from tests.stores.conftest import mysql_store
+
+    async with mysql_store(clock) as store:
+        calls: list[tuple[str, Any, list[str]]] = [
+            ("claim", lambda: store.claim("k", "fp", "t", lease_ms=LEASE), ["INSERT"]),
+            ("complete", lambda: store.complete("k", "t", b"x", ttl_ms=TTL), ["UPDATE"]),
+            ("replay", lambda: store.claim("k", "fp", "u", lease_ms=LEASE), ["INSERT"]),
+            ("hit", lambda: store.hit([_hit("a"), _hit("b")]), ["CALL"]),
+            ("hit, denied", lambda: store.hit([_hit("a", limit=0)]), ["CALL"]),
+        ]
+        with _wire(store, monkeypatch) as seen:
+            for name, call, expected in calls:
+                seen.clear()
+                await call()
+                assert seen == expected, name
+
+
+@pytest.mark.mysql
+async def test_mariadb_transactions_still_begin_and_end(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-statement operation on the autocommit engine is still one transaction:
+    START TRANSACTION, its statements, COMMIT."""
+    from tests.stores.conftest import mysql_store
+
+    async with mysql_store(clock) as store:
+        with _wire(store, monkeypatch) as seen:
+            decisions = await store.acquire_slots([("c", 2)], "t", lease_ms=LEASE)
+        assert [d.acquired for d in decisions] == [True]
+        assert seen[0] == "START"
+        assert seen[-1] == "COMMIT"
+        assert "ROLLBACK" not in seen
+
+
+@pytest.mark.mysql
+async def test_mysql_claims_without_returning(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MySQL (no INSERT … RETURNING) claims with the upsert and a read back: every outcome,
+    and 30 concurrent claims of one key, as on MariaDB."""
+    import bastion.stores.sql._dialects as dialects
+    from tests.stores.conftest import mysql_store
+
+    monkeypatch.setattr(dialects, "_returns_upserts", lambda conn: False)
+    async with mysql_store(clock) as store:
+        assert (await store.claim("k", "fp", "t", lease_ms=LEASE)).acquired
+        held = await store.claim("k", "fp", "u", lease_ms=LEASE)
+        assert not held.acquired
+        assert held.lease_remaining_ms == LEASE
+        assert await store.complete("k", "t", b"done", ttl_ms=TTL)
+        assert (await store.claim("k", "fp", "v", lease_ms=LEASE)).response == b"done"
+        assert (await store.claim("gone", "fp", "t", lease_ms=1)).acquired
+        clock.advance(0.01)
+        assert (await store.claim("gone", "fp", "u", lease_ms=LEASE)).acquired
+        won: list[str] = []
+
+        async def one(i: int) -> None:
+            if (await store.claim("hot", "fp", f"t{i}", lease_ms=LEASE)).acquired:
+                won.append(f"t{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, i)
+        assert len(won) == 1
+
+
+@pytest.mark.mysql
+async def test_mysql_installs_a_missing_decision_procedure(clock: FakeClock) -> None:
+    """Tables made by a migration or an older bastion lack the procedure: concurrent first
+    decisions of two processes install it (one of them finds it already there) and all are
+    answered."""
+    from bastion.stores.sql._functions import mysql_drop_ddl
+    from tests.stores.conftest import mysql_store
+
+    async with mysql_store(clock) as store:
+        other = SQLStore(
+            url=service_url("BASTION_TEST_MYSQL_URL"),
+            table_prefix=store.tables.buckets.name.removesuffix("buckets"),
+            clock=clock,
+        )
+        try:
+            async with store.engine.begin() as conn:
+                for ddl in mysql_drop_ddl(store.tables.buckets.name.removesuffix("buckets")):
+                    await conn.exec_driver_sql(ddl)
+            allowed: list[bool] = []
+
+            async def one(s: SQLStore) -> None:
+                allowed.extend(d.allowed for d in await s.hit([_hit("a", limit=4)]))
+
+            async with anyio.create_task_group() as tg:
+                for s in (store, other, store, other):
+                    tg.start_soon(one, s)
+            assert allowed == [True] * 4
+            assert [d.allowed for d in await other.hit([_hit("a", limit=4)])] == [False]
+        finally:
+            await other.aclose()
+
+
+@pytest.mark.mysql
+async def test_mysql_on_your_engine_decides_in_a_transaction(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine you pass keeps its own settings: the procedure runs inside the store's
+    transaction there, with the same answers."""
+    from tests.stores.conftest import mysql_store
+
+    async with mysql_store(clock) as owned:
+        engine = create_async_engine(service_url("BASTION_TEST_MYSQL_URL"))
+        prefix = owned.tables.buckets.name.removesuffix("buckets")
+        store = SQLStore(engine, table_prefix=prefix, clock=clock)
+        try:
+            with _wire(store, monkeypatch) as seen:
+                decisions = await store.hit([_hit("a", limit=1), _hit("b", limit=5)])
+            assert [d.remaining for d in decisions] == [0, 4]
+            assert "CALL" in seen
+            assert "COMMIT" in seen
+            assert [d.allowed for d in await owned.hit([_hit("a", limit=1)])] == [False]
+        finally:
+            await engine.dispose()

@@ -1,7 +1,9 @@
 """The SQL store decides rate limits exactly as the Python algorithms do, on every dialect.
 
-PostgreSQL decides in its PL/pgSQL port (`stores/sql/_functions.py`); SQLite and MySQL lock
-the rows and decide in Python. Random schedules (mixed algorithms, several tiers per request,
+PostgreSQL decides in its PL/pgSQL port and MySQL/MariaDB in its stored procedure (both in
+`stores/sql/_functions.py`, the procedure run in autocommit on the engine the store builds and
+inside the store's transaction on an engine you pass); SQLite locks the rows and decides in
+Python. Random schedules (mixed algorithms, several tiers per request,
 irregular steps, clocks that lag or lead by up to 1.5 s) must give the reference model's
 decisions field by field. Large tiers check that no bigint arithmetic overflows or rounds.
 """
@@ -9,6 +11,8 @@ decisions field by field. Large tiers check that no bigint arithmetic overflows 
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -16,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.stores import RateLimitHit
-from tests.stores.conftest import SQL_STORES
+from tests.conftest import service_url
+from tests.stores.conftest import SQL_STORES, mysql_store
 from tests.stores.rate_model import ALGORITHMS, SKEWED_STEPS, SMALL_TIERS, Model, MutableClock
 
 pytestmark = pytest.mark.anyio
@@ -27,6 +32,28 @@ LARGE_TIERS = st.tuples(
 TIERS = st.lists(st.one_of(SMALL_TIERS, SMALL_TIERS, LARGE_TIERS), min_size=1, max_size=4)
 
 
+@asynccontextmanager
+async def mysql_on_your_engine(clock: MutableClock) -> AsyncIterator[Any]:
+    """MariaDB through an engine the application built (not in autocommit mode)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bastion.stores.sql import SQLStore
+
+    async with mysql_store(clock) as owned:
+        engine = create_async_engine(service_url("BASTION_TEST_MYSQL_URL"))
+        prefix = owned.tables.buckets.name.removesuffix("buckets")
+        try:
+            yield SQLStore(engine, table_prefix=prefix, clock=clock)
+        finally:
+            await engine.dispose()
+
+
+DIALECTS = [
+    *SQL_STORES,
+    pytest.param(mysql_on_your_engine, marks=pytest.mark.mysql, id="mysql-your-engine"),
+]
+
+
 def _hits(tiers: list[tuple[str, int, int, int]]) -> list[RateLimitHit]:
     return [
         RateLimitHit(key=f"t{i}", algorithm=a, limit=limit, window_ms=w, cost=cost)  # type: ignore[arg-type]
@@ -34,7 +61,7 @@ def _hits(tiers: list[tuple[str, int, int, int]]) -> list[RateLimitHit]:
     ]
 
 
-@pytest.mark.parametrize("factory", SQL_STORES)
+@pytest.mark.parametrize("factory", DIALECTS)
 async def test_small_tiers_agree_at_every_millisecond(factory: Any) -> None:
     """Every small tier, hit in bursts of 0 to 3 at each millisecond of three windows, agrees."""
     clock = MutableClock(1_800_000_000_000)
@@ -50,7 +77,7 @@ async def test_small_tiers_agree_at_every_millisecond(factory: Any) -> None:
                     assert await store.hit([hit]) == model.hit([hit], clock.ms), (hit, ms)
 
 
-@pytest.mark.parametrize("factory", SQL_STORES)
+@pytest.mark.parametrize("factory", DIALECTS)
 @settings(max_examples=40)
 @given(tiers=TIERS, steps=SKEWED_STEPS)
 async def test_sql_decisions_equal_the_model(

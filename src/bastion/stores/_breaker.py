@@ -16,13 +16,16 @@ neither: a cancelled probe hands the probe to the next call.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
+
+import anyio
 
 from bastion.exceptions import ConfigurationError, StoreError, StoreUnavailable
 from bastion.typing import Clock
 
-__all__ = ["DEFAULT_FAILURES", "DEFAULT_RESET_AFTER", "CircuitBreaker", "State"]
+__all__ = ["DEFAULT_FAILURES", "DEFAULT_RESET_AFTER", "CircuitBreaker", "Gate", "State"]
 
 T = TypeVar("T")
 State = Literal["closed", "open", "half_open"]
@@ -132,3 +135,89 @@ class CircuitBreaker:
         """Close the breaker by hand (after maintenance, say): the next call goes through."""
         self._succeeded()
         self._probing = False
+
+
+class Gate:
+    """At most ``size`` calls at once to one backend, each bounded by ``timeout`` seconds of
+    waiting on the backend, through ``breaker``.
+
+    A call waits for a free place in FIFO order while the backend keeps answering the calls
+    ahead of it: a process that queues behind its own burst, or whose event loop is starved
+    of CPU, is slow, not facing an outage, and its calls must not fail (nor open the
+    breaker). A call fails once the backend has been silent for ``timeout`` since the call
+    began or since the last answer to any of this gate's calls, whichever is later (a frozen
+    or dead server), or at once when the breaker is open. Only the failures of calls that
+    reached the backend are counted by the breaker. So a frozen server costs a call about
+    ``timeout``, queued or not, and a call holding a place never waits more than ``timeout``
+    for its own answer.
+    """
+
+    __slots__ = ("_answered_at", "_free", "_waiters", "breaker", "name", "timeout")
+
+    def __init__(self, size: int, timeout: float, breaker: CircuitBreaker, name: str) -> None:
+        self._free = size
+        self._waiters: deque[anyio.Event] = deque()
+        self._answered_at = -float("inf")
+        self.timeout = timeout
+        self.breaker = breaker
+        self.name = name
+
+    async def call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` once a place is free, within ``timeout`` of waiting for its answer."""
+        self.breaker.check()
+        since = await self._enter(operation)
+        try:
+            deadline = max(since, self._answered_at) + self.timeout
+            return await self.breaker.call(lambda: self._answer(operation, call, deadline))
+        finally:
+            self._leave()
+
+    async def _answer(self, operation: str, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        try:
+            with anyio.fail_at(deadline):
+                result = await call()
+        except TimeoutError as exc:
+            raise StoreUnavailable(
+                f"{self.name} did not answer {operation} within {self.timeout} s"
+            ) from exc
+        except StoreError as exc:
+            if not isinstance(exc, StoreUnavailable):
+                self._answered_at = anyio.current_time()  # an error reply is an answer
+            raise
+        self._answered_at = anyio.current_time()
+        return result
+
+    async def _enter(self, operation: str) -> float:
+        """Wait for a place; when the call began."""
+        since = anyio.current_time()
+        if self._free and not self._waiters:
+            self._free -= 1
+            return since
+        turn = anyio.Event()
+        self._waiters.append(turn)
+        try:
+            while True:
+                left = max(since, self._answered_at) + self.timeout - anyio.current_time()
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"{self.name} answered none of this process's calls within "
+                        f"{self.timeout} s while {operation} waited for a connection"
+                    )
+                if turn.is_set():
+                    return since
+                with anyio.move_on_after(left):
+                    await turn.wait()
+                if not turn.is_set():
+                    self.breaker.check()
+        except BaseException:
+            if turn.is_set():
+                self._leave()  # handed a place while leaving: pass it on
+            else:
+                self._waiters.remove(turn)
+            raise
+
+    def _leave(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()
+        else:
+            self._free += 1

@@ -17,10 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import anyio
-
-from bastion.exceptions import ConfigurationError, StoreUnavailable, missing_extra
-from bastion.stores._breaker import CircuitBreaker
+from bastion.exceptions import ConfigurationError, missing_extra
+from bastion.stores._breaker import CircuitBreaker, Gate
 from bastion.stores._protocols import (
     Claim,
     RateLimitDecision,
@@ -52,10 +50,10 @@ __all__ = [
 
 DEFAULT_PREFIX = "bastion"
 DEFAULT_TIMEOUT = 1.0
-"""Seconds one store call may take in all: waiting for a pooled connection, connecting,
-sending and reading. Long enough that a healthy Redis on a host whose cores are saturated
-never misses it (benchmarks/bench_outage.py: 0.25 s failed there, 1 s did not); an outage
-costs it only until the circuit breaker opens."""
+"""Seconds a store call may wait on Redis: for a pooled connection while Redis answers none
+of the calls holding them, then for its reply (see `Gate`: time queued behind the process's
+own calls does not count). 0.25 s failed calls of a healthy Redis on saturated cores
+(benchmarks/bench_outage.py); an outage costs it only until the circuit breaker opens."""
 DEFAULT_SOCKET_TIMEOUT = DEFAULT_TIMEOUT
 DEFAULT_RETRIES = 1
 DEFAULT_EXPIRY_SLACK_MS = 1_000
@@ -93,11 +91,11 @@ class RedisStore:
 
     Pass a redis-py asyncio ``client`` (``Redis`` or ``RedisCluster``, which the store never
     closes) or a ``url`` (the store builds and owns its client). Every call is bounded by
-    ``timeout`` (1 s by default), which covers the wait for a pooled connection as well as
-    connecting and the round trip; ``socket_timeout``, ``socket_connect_timeout`` and
-    ``pool_timeout`` default to it. At most ``max_connections`` (16 by default) connections
-    are opened per process (per node on a cluster); a burst beyond that waits for a free one,
-    within the same bound.
+    ``timeout`` (1 s by default) of waiting on Redis: for a pooled connection while Redis
+    answers none of the calls ahead, then for connecting and the round trip;
+    ``socket_timeout``, ``socket_connect_timeout`` and ``pool_timeout`` default to it. At
+    most ``max_connections`` (16 by default) connections are opened per process (per node
+    on a cluster); a burst beyond that waits for a free one, first come first served.
 
     Operations that are safe to repeat (claim, renew, complete, release, ping: each is fenced
     by the request's own token, so a repeat changes nothing) are sent again up to ``retries``
@@ -193,10 +191,10 @@ class RedisStore:
         self.breaker = CircuitBreaker(name="redis") if breaker is None else breaker
         """The store's `CircuitBreaker`: its ``state`` tells whether Redis is being skipped."""
         self._cluster = _rc.is_cluster(client)
-        # calls queue here for one of the pool's connections, within the call's time bound:
-        # redis-py's cluster pools raise instead of waiting, and a wait measured here can be
-        # told apart from a slow server (see _bounded)
-        self._slots = anyio.Semaphore(max_connections or DEFAULT_MAX_CONNECTIONS)
+        # calls queue here for one of the pool's connections: redis-py's cluster pools raise
+        # instead of waiting, and a wait here can be told apart from a slow server (Gate)
+        size = max_connections or DEFAULT_MAX_CONNECTIONS
+        self._gate = Gate(size, timeout, self.breaker, "redis")
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"
@@ -242,45 +240,18 @@ class RedisStore:
         return f"{prefix}{{{tag.hexdigest()}}}:{key}"
 
     async def _bounded(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """``call`` within the store's time bound, the wait for a connection included.
+        """``call`` through the store's `Gate`: ``timeout`` bounds the wait on Redis (for a
+        free connection while Redis answers none, then for the reply), not the time this
+        process spends queued behind its own busy burst or starved of CPU."""
+        if self._cluster:
+            # topology first: a command sent before it is known goes to a random node and
+            # comes back MOVED
+            return await self._gate.call(operation, lambda: self._initialized(call))
+        return await self._gate.call(operation, call)
 
-        Only the part after a connection is free goes through the breaker: running out of
-        time while queued behind this process's own burst says the process is busy, not that
-        Redis is down, and must not open the breaker (a false outage under CPU load).
-        """
-        deadline = anyio.current_time() + self.timeout
-        self.breaker.check()
-        try:
-            # most calls find a free slot: taking it without a cancel scope or a trip through
-            # the event loop saves a tenth of a call's client-side instructions
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
-            try:
-                with anyio.fail_at(deadline):
-                    await self._slots.acquire()
-            except TimeoutError as exc:
-                raise StoreUnavailable(
-                    f"no free redis connection for {operation} within {self.timeout} s"
-                ) from exc
-        try:
-            return await self.breaker.call(lambda: self._within(deadline, operation, call))
-        finally:
-            self._slots.release()
-
-    async def _within(
-        self, deadline: float, operation: str, call: Callable[[], Awaitable[_T]]
-    ) -> _T:
-        try:
-            with anyio.fail_at(deadline):
-                if self._cluster:
-                    # topology first: a command sent before it is known goes to a random
-                    # node and comes back MOVED
-                    await self._client.initialize()
-                return await call()
-        except TimeoutError as exc:
-            raise StoreUnavailable(
-                f"redis did not answer {operation} within {self.timeout} s"
-            ) from exc
+    async def _initialized(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        await self._client.initialize()
+        return await call()
 
     async def _run(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, repeatable: bool = True

@@ -1,14 +1,16 @@
 """The statements each dialect runs for the store's primitives, built once per store.
 
-PostgreSQL and SQLite share ``INSERT … ON CONFLICT … RETURNING``; MySQL and MariaDB have
-neither ``ON CONFLICT`` nor (in MySQL) ``RETURNING``, so they use ``ON DUPLICATE KEY UPDATE``
-and read the row back under the lock that statement took. Statements are built with bind
+PostgreSQL and SQLite share ``INSERT … ON CONFLICT … RETURNING``; MySQL and MariaDB have no
+``ON CONFLICT``, so they use ``ON DUPLICATE KEY UPDATE``, with ``RETURNING`` on MariaDB 10.5+
+and a read back of the row on MySQL. PostgreSQL and MySQL/MariaDB decide rate limits in a
+routine of their own (`_functions`), SQLite in Python. Statements are built with bind
 parameters once, so SQLAlchemy compiles each of them a single time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -25,10 +27,12 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.exceptions import ConfigurationError
+from bastion.stores._protocols import RateLimitHit
 from bastion.stores.sql._functions import function_name
 from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
@@ -36,6 +40,13 @@ __all__ = ["Dialect", "dialect_for"]
 
 Row = tuple[Any, ...]
 """A row as plain values, in the order of the statement that read it."""
+Decided = tuple[bool, int, int, int]
+"""A tier decided in the database: allowed, remaining, reset ms, retry-after ms."""
+ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
+"""How the decision routines name the algorithms."""
+_PG_UNDEFINED_FUNCTION = "42883"
+_MYSQL_NO_ROUTINE = 1305
+_MYSQL_ROUTINE_EXISTS = 1304
 
 
 class Dialect:
@@ -45,9 +56,10 @@ class Dialect:
     binary_keys = False
     autocommit = False
     """Run single statements outside a transaction (saves a BEGIN and a COMMIT round trip)."""
-    decide_hits: Executable | None = None
-    """One statement deciding every tier in the database (PostgreSQL's function), or None:
-    the store then locks the buckets, decides in Python and writes them in a transaction."""
+    decides_in_database = False
+    """Whether one statement decides every tier in the database (PostgreSQL's function,
+    MySQL's procedure): otherwise the store locks the buckets, decides in Python and writes
+    them in a transaction."""
 
     def __init__(self, tables: SQLTables) -> None:
         self.tables = tables
@@ -182,6 +194,22 @@ class Dialect:
         result = await self._upsert_buckets(conn, keys)
         return {row[0]: tuple(row[1:]) for row in result}
 
+    async def decide(
+        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+    ) -> list[Decided]:
+        """Every tier decided (and written when all allow) by one statement in the database:
+        (allowed, remaining, reset ms, retry-after ms) per hit; only if `decides_in_database`."""
+        raise NotImplementedError
+
+    def missing_routine(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database lacks the decision routine (not yet installed)."""
+        return False
+
+    async def install(self, conn: AsyncConnection) -> None:
+        """Create this version's decision routine; safe when another process just did."""
+        for ddl in self.tables.function_ddl(self.name):
+            await conn.exec_driver_sql(ddl)
+
     def cleanup(self, table_name: str, now: int, batch: int) -> Delete:
         """Delete up to ``batch`` rows of the table that expired at ``now``."""
         table = getattr(self.tables, table_name)
@@ -200,11 +228,12 @@ def _fresh_bucket(i: int) -> dict[str, Any]:
 class PostgreSQL(Dialect):
     name = "postgresql"
     autocommit = True
+    decides_in_database = True
 
     def __init__(self, tables: SQLTables) -> None:
         super().__init__(tables)
         function = function_name(tables.buckets.name.removesuffix("buckets"))
-        self.decide_hits = text(
+        self._decide = text(
             f"SELECT allowed, remaining, reset_ms, retry_after_ms FROM {function}"
             "(:p_keys, :p_algorithms, :p_limits, :p_windows, :p_costs, :p_now)"
         )
@@ -230,9 +259,53 @@ class PostgreSQL(Dialect):
         taken = await conn.execute(self.take_over, params)
         return (True, None) if taken.rowcount == 1 else (False, None)
 
+    async def decide(
+        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+    ) -> list[Decided]:
+        params = {
+            "p_keys": list(keys),
+            "p_algorithms": [ALGORITHM_CODES[one.algorithm] for one in hits],
+            "p_limits": [one.limit for one in hits],
+            "p_windows": [one.window_ms for one in hits],
+            "p_costs": [one.cost for one in hits],
+            "p_now": now,
+        }
+        rows = (await conn.execute(self._decide, params)).all()
+        return [(bool(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def missing_routine(self, exc: BaseException) -> bool:
+        return getattr(getattr(exc, "orig", None), "sqlstate", None) == _PG_UNDEFINED_FUNCTION
+
 
 class SQLite(Dialect):
     name = "sqlite"
+
+    def _claim(self) -> Executable:
+        r = self.tables.records
+        stmt = sqlite.insert(r).values(
+            key=bindparam("p_key"),
+            fingerprint=bindparam("p_fingerprint"),
+            token=bindparam("p_token"),
+            response=None,
+            expires_at=bindparam("p_until"),
+        )
+        free = r.c.expires_at <= bindparam("p_now")
+        # a conditional update that leaves a live row as it is still returns it: a claim, a
+        # replay, an in-flight key and a takeover are one statement (SQLite 3.35+)
+        return stmt.on_conflict_do_update(
+            index_elements=[r.c.key],
+            set_={
+                "fingerprint": case((free, stmt.excluded.fingerprint), else_=r.c.fingerprint),
+                "token": case((free, stmt.excluded.token), else_=r.c.token),
+                "response": case((free, None), else_=r.c.response),
+                "expires_at": case((free, stmt.excluded.expires_at), else_=r.c.expires_at),
+            },
+        ).returning(r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at)
+
+    async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        # the token tells whether the upsert inserted or took over the row (tokens are unique)
+        held = (await conn.execute(self.claim_stmt, params)).one()
+        return (True, None) if held[0] == params["p_token"] else (False, tuple(held))
 
     async def begin(self, conn: AsyncConnection) -> None:
         # SQLite has one writer at a time: take the write lock up front, so a transaction
@@ -246,9 +319,17 @@ class SQLite(Dialect):
 class MySQL(Dialect):
     name = "mysql"
     binary_keys = True
+    decides_in_database = True
 
     def __init__(self, tables: SQLTables) -> None:
         super().__init__(tables)
+        procedure = function_name(tables.buckets.name.removesuffix("buckets"))
+        self._decide = text(f"CALL {procedure}(:p_hits, :p_keys, :p_now)")
+        r = tables.records
+        # MariaDB 10.5+ returns the row an upsert met or made: a claim in one statement
+        self._claim_returning = cast(mysql.Insert, self.claim_stmt).returning(
+            r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at
+        )
         b = tables.buckets
         self._select_buckets = (
             select(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
@@ -280,8 +361,13 @@ class MySQL(Dialect):
         )
 
     async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
+        # the token tells whether the upsert inserted or took over the row (tokens are unique)
+        if _returns_upserts(conn):
+            held = (await conn.execute(self._claim_returning, params)).one()
+            return (True, None) if held[0] == params["p_token"] else (False, tuple(held))
         # the affected-row count cannot tell an insert from an untouched duplicate (SQLAlchemy
-        # sets CLIENT_FOUND_ROWS), so read the row back, still locked by the upsert
+        # sets CLIENT_FOUND_ROWS), so read the row back: locked by the upsert in a
+        # transaction; in autocommit mode a later committed state, which the store re-checks
         await conn.execute(self.claim_stmt, params)
         row = (await conn.execute(self._read_locked, {"p_key": params["p_key"]})).first()
         if row is None:
@@ -301,12 +387,46 @@ class MySQL(Dialect):
         result = await conn.execute(self._select_buckets, {"keys": list(keys)})
         return {row[0]: tuple(row[1:]) for row in result}
 
+    async def decide(
+        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+    ) -> list[Decided]:
+        tiers = [
+            [key.hex(), ALGORITHM_CODES[one.algorithm], one.limit, one.window_ms, one.cost]
+            for one, key in zip(hits, keys, strict=True)
+        ]
+        params = {
+            "p_hits": json.dumps(tiers),
+            "p_keys": json.dumps(sorted({key.hex() for key in keys})),
+            "p_now": now,
+        }
+        decided = json.loads((await conn.execute(self._decide, params)).scalar_one())
+        return [(bool(ok), rem, reset, retry) for ok, rem, reset, retry in decided]
+
+    def missing_routine(self, exc: BaseException) -> bool:
+        orig = getattr(exc, "orig", None)
+        return bool(getattr(orig, "args", (None,))[:1] == (_MYSQL_NO_ROUTINE,))
+
+    async def install(self, conn: AsyncConnection) -> None:
+        for ddl in self.tables.function_ddl(self.name):
+            try:
+                await conn.exec_driver_sql(ddl)
+            except sa_exc.DBAPIError as exc:
+                # another process installed it first: a version's body never changes
+                if getattr(exc.orig, "args", (None,))[:1] != (_MYSQL_ROUTINE_EXISTS,):
+                    raise
+
     def cleanup(self, table_name: str, now: int, batch: int) -> Delete:
         # MySQL refuses a subquery on the table being deleted from, but has DELETE … LIMIT
         table = getattr(self.tables, table_name)
         return (
             delete(table).where(table.c.expires_at <= now).with_dialect_options(mysql_limit=batch)
         )
+
+
+def _returns_upserts(conn: AsyncConnection) -> bool:
+    dialect = conn.dialect
+    version = getattr(dialect, "server_version_info", None) or ()
+    return bool(getattr(dialect, "is_mariadb", False)) and tuple(version) >= (10, 5)
 
 
 PING = text("SELECT 1")

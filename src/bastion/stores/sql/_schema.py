@@ -17,7 +17,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeEngine
 
 from bastion.exceptions import ConfigurationError
-from bastion.stores.sql._functions import drop_ddl, function_ddl
+from bastion.stores.sql._functions import drop_ddl, function_ddl, mysql_ddl, mysql_drop_ddl
 
 __all__ = ["DEFAULT_PREFIX", "KEY_BYTES", "SQLTables", "build_metadata", "define_tables"]
 
@@ -28,6 +28,7 @@ TOKEN_BYTES = 96
 FINGERPRINT_LENGTH = 255
 _MAX_PREFIX = 40  # leaves room for "ix_<prefix>buckets_expires_at" within 63 characters
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MYSQL = ("mysql", "mariadb")
 
 
 def _exact(length: int) -> TypeEngine[str]:
@@ -47,13 +48,16 @@ class SQLTables:
     buckets: Table
     slots: Table
 
-    def function_ddl(self) -> list[str]:
-        """The statements that create (or replace) the PostgreSQL function deciding rate
-        limits in one round trip. `SQLStore.create_tables` and ``metadata.create_all`` run
-        them, and the store itself does on first use if they are missing; a migration that
-        creates the tables may run them too (``for s in tables.function_ddl(): op.execute(s)``).
+    def function_ddl(self, dialect: str = "postgresql") -> list[str]:
+        """The statements that create the routines deciding rate limits in one round trip:
+        PostgreSQL's function (``CREATE OR REPLACE``), or with ``dialect="mysql"`` MySQL's and
+        MariaDB's stored procedure and its helper function (``CREATE``; error 1304 means it is
+        there already). `SQLStore.create_tables` and ``metadata.create_all`` run them, and the
+        store itself does on first use if they are missing; a migration that creates the
+        tables may run them too (``for s in tables.function_ddl(): op.execute(s)``).
         """
-        return function_ddl(self.buckets.name.removesuffix("buckets"))
+        prefix = self.buckets.name.removesuffix("buckets")
+        return mysql_ddl(prefix) if dialect in _MYSQL else function_ddl(prefix)
 
 
 def _records(metadata: MetaData, prefix: str) -> Table:
@@ -86,11 +90,18 @@ def _buckets(metadata: MetaData, prefix: str) -> Table:
         Column("expires_at", BigInteger, nullable=False),
         Index(f"ix_{name}_expires_at", "expires_at"),
     )
-    # DDL runs its text through %-formatting; the function bodies use mod(), never %
-    for when, statements in (("after_create", function_ddl), ("before_drop", drop_ddl)):
+    # DDL runs its text through %-formatting; the routine bodies use mod(), never %.
+    # MySQL has no CREATE OR REPLACE: a leftover routine of dropped tables goes first.
+    for when, statements, dialects in (
+        ("after_create", function_ddl, ("postgresql",)),
+        ("before_drop", drop_ddl, ("postgresql",)),
+        ("after_create", lambda p: [*mysql_drop_ddl(p), *mysql_ddl(p)], _MYSQL),
+        ("before_drop", mysql_drop_ddl, _MYSQL),
+    ):
         for statement in statements(prefix):
-            ddl = DDL(statement)  # type: ignore[no-untyped-call]
-            event.listen(table, when, ddl.execute_if(dialect="postgresql"))
+            for dialect in dialects:
+                ddl = DDL(statement)  # type: ignore[no-untyped-call]
+                event.listen(table, when, ddl.execute_if(dialect=dialect))
     return table
 
 

@@ -52,8 +52,8 @@ _TIMEOUT_ARGS = {
     "asyncpg": ("timeout", "command_timeout"),
     "asyncmy": ("connect_timeout", "read_timeout"),
 }
-_ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
-_UNDEFINED_FUNCTION = "42883"
+_NATIVE_AUTOCOMMIT = {"mysql", "mariadb"}
+"""Backends whose store-built engines keep every connection in autocommit mode."""
 _DRIVER_EXTRAS = {"asyncpg": "postgres", "aiosqlite": "sqlite", "asyncmy": "mysql"}
 """The extra that installs each driver bastion is tested with."""
 
@@ -72,8 +72,9 @@ def _missing_driver(url: str, module: str | None) -> MissingExtraError:
     )
 
 
-def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
-    """An async engine for ``url``; a URL without a driver gets the async one we test with."""
+def _engine(url: str, options: Mapping[str, Any] | None) -> tuple[AsyncEngine, bool]:
+    """An async engine for ``url`` (a URL without a driver gets the async one we test with),
+    and whether its connections are in autocommit mode from the start."""
     try:
         parsed = make_url(url)
         if "+" not in parsed.drivername and parsed.drivername in _DRIVERS:
@@ -90,11 +91,45 @@ def _engine(url: str, options: Mapping[str, Any] | None) -> AsyncEngine:
                 **kwargs.get("connect_args", {}),
             }
             kwargs.setdefault("pool_timeout", DEFAULT_POOL_TIMEOUT)
-        return create_async_engine(parsed, **kwargs)
+        native = parsed.get_backend_name() in _NATIVE_AUTOCOMMIT and not (
+            {"isolation_level", "pool_reset_on_return"} & kwargs.keys()
+        )
+        if native:
+            # Switching a MySQL connection in and out of autocommit costs a round trip each
+            # way, and the pool's ROLLBACK on return another: connections of an engine the
+            # store owns stay in autocommit, and transactions are begun and ended explicitly
+            kwargs.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        engine = create_async_engine(parsed, **kwargs)
+        if native:
+            _end_only_open_transactions(engine)
+        return engine, native
     except ImportError as exc:
         raise _missing_driver(url, exc.name) from exc
     except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ValueError) as exc:
         raise ConfigurationError(f"cannot build an async SQL engine from this URL: {exc}") from exc
+
+
+_IN_TRANSACTION = 1
+"""The server status bit MySQL sets while a transaction is open (SERVER_STATUS_IN_TRANS)."""
+
+
+def _end_only_open_transactions(engine: AsyncEngine) -> None:
+    """Make SQLAlchemy's COMMIT and ROLLBACK no-ops when the server reports no open
+    transaction, as after an autocommit statement: SQLAlchemy ends every connection's implicit
+    transaction, which costs a MySQL connection in autocommit mode a round trip for nothing.
+    Only for engines the store builds (the dialect instance is the engine's own)."""
+    dialect = engine.sync_engine.dialect
+
+    def if_open(end: Callable[[Any], None]) -> Callable[[Any], None]:
+        def maybe(connection: Any) -> None:
+            status = getattr(connection.driver_connection, "server_status", _IN_TRANSACTION)
+            if status & _IN_TRANSACTION:
+                end(connection)
+
+        return maybe
+
+    dialect.do_commit = if_open(dialect.do_commit)  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = if_open(dialect.do_rollback)  # type: ignore[method-assign,assignment]
 
 
 class SQLStore:
@@ -125,8 +160,9 @@ class SQLStore:
         engine_options: Mapping[str, Any] | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
+        native_autocommit = False
         if url is not None and engine is None:
-            engine = _engine(url, engine_options)
+            engine, native_autocommit = _engine(url, engine_options)
             self._owns_engine = True
         elif engine is not None and url is None:
             if not isinstance(engine, AsyncEngine):
@@ -143,9 +179,13 @@ class SQLStore:
         """The `MetaData` holding the store's tables."""
         self.tables = define_tables(self.metadata, table_prefix)
         self._dialect: Dialect = dialect_for(engine.dialect.name, self.tables)
+        self._autocommit = self._dialect.autocommit or native_autocommit
+        """Whether single statements run outside a transaction."""
+        self._explicit_begin = native_autocommit
+        """Whether a transaction must be begun with a statement (the connection autocommits)."""
         self._single = (
             engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self._dialect.autocommit
+            if self._dialect.autocommit and not native_autocommit
             else engine
         )
         # an in-memory SQLite database lives in one shared connection: take turns on it
@@ -179,8 +219,14 @@ class SQLStore:
                 return
             conn = await stack.enter_async_context(self.engine.connect())
             await stack.enter_async_context(conn.begin())
-            await self._dialect.begin(conn)
+            await self._begin(conn)
             yield conn
+
+    async def _begin(self, conn: AsyncConnection) -> None:
+        if self._explicit_begin:
+            # SQLAlchemy's COMMIT and ROLLBACK end it, after which autocommit resumes
+            await conn.exec_driver_sql("START TRANSACTION")
+        await self._dialect.begin(conn)
 
     async def _run(
         self,
@@ -200,9 +246,7 @@ class SQLStore:
         attempt = 0
         while True:
             try:
-                async with self._connect(
-                    transaction=not (single and self._dialect.autocommit)
-                ) as conn:
+                async with self._connect(transaction=not (single and self._autocommit)) as conn:
                     return await work(conn)
             except CAUGHT as exc:
                 attempt += 1
@@ -234,10 +278,9 @@ class SQLStore:
             try:
                 async with self.engine.begin() as conn:
                     await conn.run_sync(self.metadata.create_all, tables=tables)
-                    if self._dialect.decide_hits is not None:
-                        # tables from an older bastion: add (or replace) this version's function
-                        for ddl in self.tables.function_ddl():
-                            await conn.exec_driver_sql(ddl)
+                    if self._dialect.decides_in_database:
+                        # tables from an older bastion: add this version's decision routine
+                        await self._dialect.install(conn)
                 return
             except CAUGHT as exc:
                 # another process created a table first: done if it made both, else go on
@@ -354,6 +397,11 @@ class SQLStore:
                 if self._serial is not None:
                     await stack.enter_async_context(self._serial)
                 conn = await stack.enter_async_context(self.engine.connect())
+                if self._explicit_begin:
+                    # the application's statements run here, and may roll back and go on:
+                    # the connection leaves autocommit, as a MySQL connection normally is
+                    level = self.engine.dialect.default_isolation_level
+                    await conn.execution_options(isolation_level=level)
                 await conn.begin()
                 await self._dialect.begin(conn)
             except CAUGHT as exc:
@@ -385,8 +433,8 @@ class SQLStore:
             return []
         dialect = self._dialect
         keys = [dialect.key(one.key) for one in hits]
-        if dialect.decide_hits is not None:
-            return await self._decide_in_database(dialect.decide_hits, hits, keys)
+        if dialect.decides_in_database:
+            return await self._decide_in_database(hits, keys)
         ordered = sorted(set(keys))
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
@@ -413,31 +461,25 @@ class SQLStore:
         return await self._run("hit", work)
 
     async def _decide_in_database(
-        self, statement: Any, hits: Sequence[RateLimitHit], keys: list[Any]
+        self, hits: Sequence[RateLimitHit], keys: list[Any]
     ) -> list[RateLimitDecision]:
-        """One autocommit statement: the database function locks, decides and writes."""
-        params: dict[str, Any] = {
-            "p_keys": keys,
-            "p_algorithms": [_ALGORITHM_CODES[one.algorithm] for one in hits],
-            "p_limits": [one.limit for one in hits],
-            "p_windows": [one.window_ms for one in hits],
-            "p_costs": [one.cost for one in hits],
-        }
+        """One statement (autocommit where the connection allows): the database's routine
+        locks, decides and writes every tier."""
+        dialect = self._dialect
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
-            params["p_now"] = self._now()
+            now = self._now()
             try:
-                rows = (await conn.execute(statement, params)).all()
+                decided = await dialect.decide(conn, hits, keys, now)
             except sa_exc.DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != _UNDEFINED_FUNCTION:
+                if not dialect.missing_routine(exc):
                     raise
                 # tables made by a migration, or by an older bastion: install this version's
-                for ddl in self.tables.function_ddl():
-                    await conn.exec_driver_sql(ddl)
-                rows = (await conn.execute(statement, params)).all()
+                await dialect.install(conn)
+                decided = await dialect.decide(conn, hits, keys, now)
             return [
-                RateLimitDecision(bool(row[0]), one.limit, int(row[1]), int(row[2]), int(row[3]))
-                for one, row in zip(hits, rows, strict=True)
+                RateLimitDecision(allowed, one.limit, remaining, reset, retry)
+                for one, (allowed, remaining, reset, retry) in zip(hits, decided, strict=True)
             ]
 
         return await self._run("hit", work, single=True)

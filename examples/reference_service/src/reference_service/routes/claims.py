@@ -8,8 +8,8 @@ reconciler re-enqueues any intent a crash left PENDING without a job).
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -86,6 +86,32 @@ async def budget_left(repo: Repository, program: Program, units: int) -> None:
         )
 
 
+async def open_claim(
+    repo: Repository,
+    service: ReferenceService,
+    wallet: str,
+    program_id: str,
+    units: int,
+    now: datetime,
+    **fields: Any,
+) -> Claim:
+    """Add a claim of ``units`` once the wallet, the program and its budget allow it."""
+    program = await wallet_and_program(repo, wallet, program_id)
+    await budget_left(repo, program, units)
+    return await repo.add_claim(
+        Claim(
+            id=new_id("clm"),
+            wallet=wallet,
+            program_id=program.id,
+            amount_units=units,
+            nonce=await repo.next_nonce(wallet),
+            prepared_at=now,
+            expires_at=now + timedelta(seconds=service.settings.prepared_claim_ttl_seconds),
+            **fields,
+        )
+    )
+
+
 @router.post(
     "/api/register",
     status_code=201,
@@ -130,19 +156,14 @@ async def prepare(body: PrepareRequest, request: Request, service: Service) -> R
     now = service.now()
     async with transaction(service.idempotency_store, request) as db_tx:
         async with Database.on(db_tx.connection) as repo:
-            program = await wallet_and_program(repo, body.wallet, body.program_id)
-            await budget_left(repo, program, units)
-            claim = await repo.add_claim(
-                Claim(
-                    id=new_id("clm"),
-                    wallet=body.wallet,
-                    program_id=program.id,
-                    amount_units=units,
-                    nonce=await repo.next_nonce(body.wallet),
-                    status=ClaimStatus.PREPARED.value,
-                    prepared_at=now,
-                    expires_at=now + timedelta(seconds=service.settings.prepared_claim_ttl_seconds),
-                )
+            claim = await open_claim(
+                repo,
+                service,
+                body.wallet,
+                body.program_id,
+                units,
+                now,
+                status=ClaimStatus.PREPARED.value,
             )
         tx = Transaction(
             to=DISTRIBUTOR,

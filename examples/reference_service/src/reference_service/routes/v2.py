@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -10,11 +9,11 @@ from starlette.responses import JSONResponse, Response
 
 from bastion.idempotency import transaction
 from reference_service.amounts import format_units, to_units
-from reference_service.db.models import Claim, ClaimStatus, Intent, IntentType, Payout
+from reference_service.db.models import ClaimStatus, Intent, IntentType, Payout
 from reference_service.db.repository import Database, new_id
 from reference_service.problems import ProblemError
 from reference_service.routes import service_of
-from reference_service.routes.claims import budget_left, problems, wallet_and_program
+from reference_service.routes.claims import budget_left, open_claim, problems
 from reference_service.schemas import (
     ClaimModel,
     IntentModel,
@@ -44,25 +43,20 @@ async def claim_v2(body: V2ClaimRequest, request: Request, service: Service) -> 
     now = service.now()
     async with transaction(service.idempotency_store, request) as db_tx:
         async with Database.on(db_tx.connection) as repo:
-            program = await wallet_and_program(repo, body.wallet, body.program_id)
-            await budget_left(repo, program, units)
-            claim = await repo.add_claim(
-                Claim(
-                    id=new_id("clm"),
-                    wallet=body.wallet,
-                    program_id=program.id,
-                    amount_units=units,
-                    nonce=await repo.next_nonce(body.wallet),
-                    status=ClaimStatus.RECORDED.value,
-                    signature=body.signature,
-                    prepared_at=now,
-                    expires_at=now + timedelta(seconds=service.settings.prepared_claim_ttl_seconds),
-                    recorded_at=now,
-                )
+            claim = await open_claim(
+                repo,
+                service,
+                body.wallet,
+                body.program_id,
+                units,
+                now,
+                status=ClaimStatus.RECORDED.value,
+                signature=body.signature,
+                recorded_at=now,
             )
             intent = await repo.add_intent(
                 type=IntentType.CLAIM,
-                program_id=program.id,
+                program_id=claim.program_id,
                 wallet=body.wallet,
                 amount_units=units,
                 claim_id=claim.id,
