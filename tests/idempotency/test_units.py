@@ -235,3 +235,19 @@ async def test_token_refresh_between_retries_still_replays() -> None:
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.content == first.content
     assert runs == [1]
+
+
+def test_principals_of_recent_credentials_are_cached_within_a_bound() -> None:
+    """A credential's principal is hashed once while it stays cached, is the same afterwards,
+    and the cache never holds more than its bound."""
+    from bastion.idempotency import _keys
+
+    def scope(credential: bytes) -> dict[str, object]:
+        return {"type": "http", "headers": [(b"x-api-key", credential)], "client": ("h", 1)}
+
+    first = default_principal(scope(b"key-0"))
+    assert _keys._CREDENTIALS[b"key-0"] == first
+    for n in range(_keys.CREDENTIAL_CACHE_SIZE * 2):
+        default_principal(scope(b"key-%d" % n))
+        assert len(_keys._CREDENTIALS) <= _keys.CREDENTIAL_CACHE_SIZE
+    assert default_principal(scope(b"key-0")) == first != default_principal(scope(b"key-1"))

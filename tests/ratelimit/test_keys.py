@@ -233,3 +233,15 @@ def test_missing_is_falsy_and_says_so() -> None:
     assert not MISSING
     assert repr(MISSING) == "MISSING"
     assert repr(keys.client_address()) == "client_address()"
+
+
+def test_hashed_header_keys_are_cached_within_a_bound() -> None:
+    """A hashed header key is the same whether hashed afresh or cached, and the cache never
+    holds more than its bound."""
+    extractor = keys.header("x-api-key")
+    first = extractor(view(headers=[(b"x-api-key", b"k-0")]))
+    for n in range(keys._DIGEST_CACHE_SIZE * 2):
+        extractor(view(headers=[(b"x-api-key", b"k-%d" % n)]))
+        assert len(keys._DIGESTS) <= keys._DIGEST_CACHE_SIZE
+    assert extractor(view(headers=[(b"x-api-key", b"k-0")])) == first
+    assert first != extractor(view(headers=[(b"x-api-key", b"k-1")]))

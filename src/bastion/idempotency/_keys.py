@@ -13,6 +13,12 @@ __all__ = ["InvalidKey", "default_principal", "key_header", "parse_key", "scoped
 
 _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
+CREDENTIAL_CACHE_SIZE = 1024
+"""Principals kept for credentials seen recently (emptied whenever it fills): a client sends
+the same credential on every request, and hashing it again each time cost a tenth of a keyed
+request's instructions. Only this process's memory ever holds it, as it holds the headers."""
+_CREDENTIALS: dict[bytes, str] = {}
+
 
 class InvalidKey(ValueError):
     """The header value cannot be used as a key; the message says why."""
@@ -88,7 +94,13 @@ def default_principal(scope: Scope) -> str:
             return f"user:{identity}"
     credential = header(scope, b"authorization") or header(scope, b"x-api-key")
     if credential:
-        return "cred:" + hashlib.blake2b(credential, digest_size=16).hexdigest()
+        principal = _CREDENTIALS.get(credential)
+        if principal is None:
+            if len(_CREDENTIALS) >= CREDENTIAL_CACHE_SIZE:
+                _CREDENTIALS.clear()
+            principal = "cred:" + hashlib.blake2b(credential, digest_size=16).hexdigest()
+            _CREDENTIALS[credential] = principal
+        return principal
     client = scope.get("client")
     return f"addr:{client[0]}" if client else "anonymous"
 

@@ -170,6 +170,8 @@ class IdempotencyMiddleware:
         self._leases = LeaseRegistry(settings.lease_seconds / 3)
         self._backend = store.backend
         self._shield_claims = getattr(store, "suspends", True)
+        # neither a shield nor a timer to wrap the claim in: await the store's call itself
+        self._bare_claims = not self._shield_claims and observer is NULL_OBSERVER
         self._methods = settings.methods
         self._max_key = settings.max_key_length
         self._max_request = settings.max_request_bytes
@@ -328,7 +330,14 @@ class _Request(IdempotencyContext):
     async def run(self, receive: Receive) -> None:
         mw, scope = self.mw, self.scope
         try:
-            claim = _checked(await self._first_claim())
+            if mw._bare_claims:
+                claim = _checked(
+                    await mw.store.claim(
+                        self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms
+                    )
+                )
+            else:
+                claim = _checked(await self._first_claim())
             if waits(claim, self.fingerprint, mw.settings):
                 claim = await self._wait(claim)
         except StoreCapacityError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from bisect import bisect_left
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -62,15 +64,55 @@ class _Exchange:
 
 
 class _Children:
-    """The metric children of one (method, route, status), bound once instead of per request."""
+    """The metric children of one (method, route, status), bound once instead of per request.
 
-    __slots__ = ("duration", "request_size", "requests", "response_size")
+    Each observation goes straight to the child's values (`_observer`, `_incrementer`): the
+    public ``observe`` and ``inc`` re-check on every call what binding checked once, and scan
+    the buckets one by one; this costs a third of the instructions for the same samples.
+    """
+
+    __slots__ = ("duration", "observe_duration", "observe_request", "observe_response", "requests")
 
     def __init__(self, metrics: HttpMetrics, method: str, route: str, status: int) -> None:
-        self.requests = metrics.requests.labels(method, route, str(status))
+        self.requests = _incrementer(metrics.requests.labels(method, route, str(status)))
         self.duration = metrics.duration.labels(method, route)
-        self.request_size = metrics.request_size.labels(method, route)
-        self.response_size = metrics.response_size.labels(method, route)
+        self.observe_duration = _observer(self.duration)
+        self.observe_request = _observer(metrics.request_size.labels(method, route))
+        self.observe_response = _observer(metrics.response_size.labels(method, route))
+
+
+def _incrementer(child: Any) -> Callable[[float], None]:
+    """``child.inc`` for a counter or gauge child, without the per-call checks when the
+    installed prometheus_client keeps its value where this version expects it."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` for a histogram child: the sum, then the first bucket whose upper
+    bound is at least the amount (what ``observe`` finds by scanning), found by bisection."""
+    total = getattr(child, "_sum", None)
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    if (
+        not callable(getattr(total, "inc", None))
+        or not isinstance(bounds, list)
+        or not isinstance(buckets, list)
+        or len(bounds) != len(buckets)
+        or not bounds
+        or bounds[-1] != float("inf")
+    ):
+        return child.observe  # type: ignore[no-any-return]
+    add = total.inc  # type: ignore[union-attr]
+    incs = [bucket.inc for bucket in buckets]
+    frozen = tuple(bounds)
+
+    def observe(amount: float) -> None:
+        add(amount)
+        incs[bisect_left(frozen, amount)](1)
+
+    return observe
 
 
 class MetricsMiddleware:
@@ -112,7 +154,8 @@ class MetricsMiddleware:
             self._metrics = metrics = HttpMetrics.on(
                 registry, settings.duration_buckets, settings.size_buckets
             )
-            self._in_flight = {"GET": metrics.in_flight.labels("GET")}  # others on first use
+            # others on first use
+            self._in_flight = {"GET": _incrementer(metrics.in_flight.labels("GET"))}
             if settings.exemplars and not multiprocess_mode():
                 self._exemplar = trace_exemplar()
         self._tracing: Tracing | None = None
@@ -137,7 +180,7 @@ class MetricsMiddleware:
         in_flight = self._in_flight.get(method)
         if in_flight is None:
             in_flight = self._gauge(method)
-        in_flight.inc()
+        in_flight(1)
         start = perf_counter()
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -147,7 +190,7 @@ class MetricsMiddleware:
             raise
         finally:
             seconds = perf_counter() - start
-            in_flight.dec()
+            in_flight(-1)
             self._record(method, self._label(scope), exchange, seconds)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send, tracing: Tracing) -> None:
@@ -160,7 +203,7 @@ class MetricsMiddleware:
             in_flight = self._in_flight.get(method)
             if in_flight is None:
                 in_flight = self._gauge(method)
-            in_flight.inc()
+            in_flight(1)
         span, token = tracing.start(scope, method)
         error: BaseException | None = None
         start = perf_counter()
@@ -175,14 +218,14 @@ class MetricsMiddleware:
             seconds = perf_counter() - start
             route = None if ANSWERED_SCOPE_KEY in scope else self._resolve(scope)
             if in_flight is not None:
-                in_flight.dec()
+                in_flight(-1)
                 label = route if route is not None else self._unrouted(scope)
                 self._record(method, label, exchange, seconds)  # inside the span: exemplar
             tracing.finish(span, token, scope, method, route, exchange.status, seconds, error)
 
     def _gauge(self, method: str) -> Any:
         assert self._metrics is not None
-        gauge = self._in_flight[method] = self._metrics.in_flight.labels(method)
+        gauge = self._in_flight[method] = _incrementer(self._metrics.in_flight.labels(method))
         return gauge
 
     def _label(self, scope: Scope) -> str:
@@ -201,11 +244,11 @@ class MetricsMiddleware:
         if children is None:
             assert self._metrics is not None
             children = self._children[key] = _Children(self._metrics, *key)
-        children.requests.inc()
-        children.request_size.observe(exchange.request_bytes)
-        children.response_size.observe(exchange.response_bytes)
+        children.requests(1)
+        children.observe_request(exchange.request_bytes)
+        children.observe_response(exchange.response_bytes)
         exemplar = self._exemplar() if self._exemplar is not None else None
         if exemplar is not None:
             children.duration.observe(seconds, exemplar)
         else:
-            children.duration.observe(seconds)
+            children.observe_duration(seconds)

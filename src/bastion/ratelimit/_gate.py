@@ -29,7 +29,7 @@ from bastion._paths import normal_method, normal_path
 from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
 from bastion.observe import timed
-from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, rate_fields, seconds
+from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, rate_fields
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import RateLimitDecision, RateLimitHit
 from bastion.typing import Message, Receive, Scope, Send
@@ -160,14 +160,12 @@ class Gate:
     ) -> bool:
         """The short path's decision for ``hits``: True to go on (with the fields to send).
         ``shadow`` (the replay tier in global shadow mode): decided and counted, never sent."""
-        from bastion.ratelimit._middleware import _all_allowed
-
         mw, scope = self.mw, self.scope
         try:
             decisions: list[RateLimitDecision] = await timed(
                 mw.observer, mw._backend, "hit", mw.store.hit(hits)
             )
-            allowed = _all_allowed(decisions, len(hits))
+            allowed = mw._check(decisions, len(hits))
         except Exception as exc:
             failures.warning(f"rate-limit store failed ({type(exc).__name__})")
             return await self._store_failed(tiers)
@@ -190,7 +188,7 @@ class Gate:
         if mw._headers:
             policy = b", ".join([tier.policy for tier in tiers])
             items: list[LimitItem] = [
-                (d.remaining, seconds(d.reset_ms), t.limit_prefix, t.limit)
+                (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)  # `seconds`
                 for t, d in zip(tiers, decisions, strict=True)
             ]
             self.fields = rate_fields(policy, items, legacy=mw._legacy)

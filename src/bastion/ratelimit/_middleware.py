@@ -198,6 +198,8 @@ class RateLimitMiddleware:
         )
         tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
         self._featured = Featured(self)
+        # for the gate, which cannot import this module at its top (this one imports it)
+        self._check = _all_allowed
         # keyed requests an idempotency layer inside decides are charged once it has decided
         self._idempotency = idempotency_inside(app)
         replay = settings.replay_tier

@@ -97,6 +97,12 @@ def _safe(value: str) -> str:
 
 _UNREAD: Final = object()
 
+_DIGEST_CACHE_SIZE = 1024
+"""Hashed header keys kept for values seen recently (emptied whenever it fills): a client
+sends the same API key on every request, and hashing it each time is most of a header key's
+cost."""
+_DIGESTS: dict[str, str] = {}
+
 
 class RequestView:
     """What an extractor may look at, each part computed once per request on first use.
@@ -235,8 +241,14 @@ class _Header(_Chained):
         if self.credentials:
             value = _normal_credentials(value)
         if self.hashed:
-            # latin-1, as the value was read: an unchanged value hashes as it always did
-            return hashlib.blake2b(value.encode("latin-1"), digest_size=16).hexdigest()
+            digest = _DIGESTS.get(value)
+            if digest is None:
+                if len(_DIGESTS) >= _DIGEST_CACHE_SIZE:
+                    _DIGESTS.clear()
+                # latin-1, as the value was read: an unchanged value hashes as it always did
+                digest = hashlib.blake2b(value.encode("latin-1"), digest_size=16).hexdigest()
+                _DIGESTS[value] = digest
+            return digest
         return value
 
 

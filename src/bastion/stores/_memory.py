@@ -7,10 +7,10 @@ processes or threads; use the Redis or SQL store for that.
 
 from __future__ import annotations
 
+import itertools
+import struct
 import time
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 from bastion._core.algorithms import State, decide, expires_at
 from bastion.exceptions import ConfigurationError, StoreCapacityError
@@ -30,26 +30,104 @@ DEFAULT_MAX_BUCKETS = 100_000
 _SWEEP = 2
 _IDLE_QUEUES = 16
 
-# An entry is a flat tuple whose first item is its expiry (ms): a record is (expires_at,
-# fingerprint, token, response or None while in flight), a bucket (expires_at, *state).
-# Tuples of ints, strings, bytes and None are untracked by the cyclic GC once it has seen them,
-# so a million entries add nothing to collector pauses; objects with __slots__ stay tracked.
-_Entry = tuple[Any, ...]
+# An entry is bytes that start with its expiry (ms, signed 64-bit big-endian). A record is
+# `_RECORD` (expiry, flags, fingerprint length), the fingerprint, then the lease's token while
+# in flight or the stored response once completed; a bucket is `_BUCKET` (expiry, *state); a
+# key's concurrency slots are the expiry then each holder's deadline and token. Bytes are
+# never tracked by the cyclic GC, and neither is a plain dict holding only strings, ints and
+# bytes: the chunks and indexes below stay invisible to it however many entries they hold, so
+# a million records add nothing to a collection's pause, and none survive into the old
+# generation to trigger full collections. (Tuples would be tracked until a collection looked
+# at them, and a dict is tracked from the first tracked value put in it.)
+_EXPIRY = struct.Struct(">q")
+_RECORD = struct.Struct(">qBI")
+_BUCKET = struct.Struct(">qqqq")
+_HOLDER = struct.Struct(">qH")
+_DONE = 1  # record flag: a stored response follows the fingerprint, not a token
+_RAW = 2  # record flag: the fingerprint was lower-case hex, kept as the bytes it spells
+_CHUNK = 32
+"""Entries per chunk of a queue: the most ``next(iter(chunk))`` skips over to find the front."""
 
 _OPEN = 0
 _SPENT = 1
 
 
-class _Queue(OrderedDict[str, _Entry]):
-    """The entries of one class, oldest write first. ``rank`` orders classes for eviction
-    (lower goes first); None means an entry may only go once it has expired."""
+def _expiry(entry: bytes) -> int:
+    expires: int = _EXPIRY.unpack_from(entry)[0]
+    return expires
 
-    __slots__ = ("cls", "rank")
 
-    def __init__(self, cls: Hashable, rank: int | None) -> None:
-        super().__init__()
+def _pack_fingerprint(fingerprint: str) -> tuple[int, bytes]:
+    """A hex digest as the bytes it spells (32 instead of 64 characters), anything else as
+    UTF-8; the flag says which, so `_unpack_fingerprint` gives back the same string."""
+    try:
+        raw = bytes.fromhex(fingerprint)
+    except ValueError:
+        raw = None
+    if raw is not None and raw.hex() == fingerprint:
+        return _RAW, raw
+    return 0, fingerprint.encode("utf-8", "surrogatepass")
+
+
+def _unpack_fingerprint(flags: int, data: bytes) -> str:
+    return data.hex() if flags & _RAW else data.decode("utf-8", "surrogatepass")
+
+
+class _Queue:
+    """The entries of one class, oldest write first, in chunks of `_CHUNK` plain dicts.
+
+    ``rank`` orders classes for eviction (lower goes first); None means an entry may only go
+    once it has expired. A chunk takes no new entry once full and goes once empty, so the
+    front is found after skipping at most `_CHUNK` removed slots, whatever the queue holds.
+    """
+
+    __slots__ = ("chunks", "cls", "first", "last", "number", "rank", "where")
+
+    def __init__(self, cls: Hashable, rank: int | None, number: int) -> None:
         self.cls = cls
         self.rank = rank
+        self.number = number
+        self.where: dict[str, int] = {}
+        self.chunks: dict[int, dict[str, bytes]] = {0: {}}
+        self.first = 0
+        self.last = 0
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def get(self, key: str) -> bytes | None:
+        n = self.where.get(key)
+        return None if n is None else self.chunks[n][key]
+
+    def append(self, key: str, entry: bytes) -> None:
+        chunk = self.chunks[self.last]
+        if len(chunk) >= _CHUNK:
+            self.last += 1
+            chunk = self.chunks[self.last] = {}
+        chunk[key] = entry
+        self.where[key] = self.last
+
+    def replace(self, key: str, entry: bytes) -> None:
+        """Rewrite a present key at the back."""
+        self.pop(key)
+        self.append(key, entry)
+
+    def pop(self, key: str) -> None:
+        n = self.where.pop(key)
+        chunk = self.chunks[n]
+        del chunk[key]
+        if not chunk and n != self.last:
+            del self.chunks[n]
+
+    def front(self) -> tuple[str, bytes] | None:
+        """The oldest key and its entry, or None when empty."""
+        if not self.where:
+            return None
+        chunks = self.chunks
+        while self.first not in chunks:
+            self.first += 1
+        # every chunk but the last goes once empty, so this one holds the oldest entry
+        return next(iter(chunks[self.first].items()), None)
 
 
 class _ExpiringMap:
@@ -61,22 +139,25 @@ class _ExpiringMap:
     the fronts, and the entry expiring soonest is at the front of one of a handful of queues.
     (GCRA buckets are the exception: their expiry is the write time plus up to one window, so
     their queues are in the order they were last charged, expiry order to within a window.)
-    Writes sweep expired
-    entries from the front of the queue they append to; when the map is full, the fronts are
-    compared: any expired entry goes first, then the lowest rank, then the soonest expiry.
+    Writes sweep expired entries from the front of the queue they append to; when the map is
+    full, the fronts are compared: any expired entry goes first, then the lowest rank, then
+    the soonest expiry.
 
-    With ``indexed``, a dict says which queue holds each key. Without it a key is looked up in
-    each queue in turn, which saves that dict's memory where there are only a few classes
-    (idempotency records: one lease and one TTL per middleware). Either way no operation
-    depends on how many entries the map holds, only on how many classes are in use. Queues
-    that empty stay (a class in use empties and fills all the time) until there are too many.
+    With ``indexed``, a dict says which queue (by number) holds each key. Without it a key is
+    looked up in each queue in turn, which saves that dict's memory where there are only a few
+    classes (idempotency records: one lease and one TTL per middleware). Either way no
+    operation depends on how many entries the map holds, only on how many classes are in use.
+    Queues that empty stay (a class in use empties and fills all the time) until there are too
+    many.
     """
 
-    __slots__ = ("_max", "_queues", "_size", "_where")
+    __slots__ = ("_max", "_numbered", "_numbers", "_queues", "_size", "_where")
 
     def __init__(self, max_size: int, *, indexed: bool) -> None:
-        self._where: dict[str, _Queue] | None = {} if indexed else None
+        self._where: dict[str, int] | None = {} if indexed else None
         self._queues: dict[Hashable, _Queue] = {}
+        self._numbered: dict[int, _Queue] = {}
+        self._numbers = itertools.count()
         self._max = max_size
         self._size = 0
 
@@ -86,19 +167,34 @@ class _ExpiringMap:
     def find(self, key: str) -> _Queue | None:
         """The queue holding ``key``, expired or not."""
         if self._where is not None:
-            return self._where.get(key)
+            number = self._where.get(key)
+            return None if number is None else self._numbered[number]
         for queue in self._queues.values():
-            if key in queue:
+            if key in queue.where:
                 return queue
         return None
 
+    def lookup(self, key: str) -> tuple[_Queue, bytes] | None:
+        """The queue holding ``key`` and its entry, expired or not."""
+        if self._where is not None:
+            number = self._where.get(key)
+            if number is None:
+                return None
+            queue = self._numbered[number]
+            return queue, queue.chunks[queue.where[key]][key]
+        for queue in self._queues.values():
+            n = queue.where.get(key)
+            if n is not None:
+                return queue, queue.chunks[n][key]
+        return None
+
     def remove(self, key: str, queue: _Queue) -> None:
-        del queue[key]
+        queue.pop(key)
         if self._where is not None:
             del self._where[key]
         self._size -= 1
 
-    def add(self, key: str, cls: Hashable, rank: int | None, entry: _Entry, now: int) -> bool:
+    def add(self, key: str, cls: Hashable, rank: int | None, entry: bytes, now: int) -> bool:
         """Append a key known to be absent; False when the map is full and nothing in it may
         go."""
         if self._size >= self._max and not self._evict(now):
@@ -106,56 +202,77 @@ class _ExpiringMap:
         queue = self._queues.get(cls)
         if queue is None:
             queue = self._queue(cls, rank)
-        elif queue:
+        elif queue.where:
             self._sweep(queue, now)
-        queue[key] = entry
+        chunk = queue.chunks[queue.last]
+        if len(chunk) >= _CHUNK:
+            queue.append(key, entry)
+        else:
+            chunk[key] = entry
+            queue.where[key] = queue.last
         if self._where is not None:
-            self._where[key] = queue
+            self._where[key] = queue.number
         self._size += 1
         return True
 
     def move(
-        self, key: str, old: _Queue, cls: Hashable, rank: int | None, entry: _Entry, now: int
+        self, key: str, old: _Queue, cls: Hashable, rank: int | None, entry: bytes, now: int
     ) -> None:
         """Rewrite a present key (found in ``old``) at the back of its class's queue."""
         if old.cls == cls:
-            old.move_to_end(key)
-            old[key] = entry
+            n = old.where[key]
+            if n == old.last:  # the common case: rewritten at the back of the back chunk
+                chunk = old.chunks[n]
+                del chunk[key]
+                chunk[key] = entry
+            else:
+                old.replace(key, entry)
             return
-        del old[key]
+        old.pop(key)
         queue = self._queues.get(cls)
         if queue is None:
             queue = self._queue(cls, rank)
-        elif queue:
+        elif queue.where:
             self._sweep(queue, now)
-        queue[key] = entry
+        chunk = queue.chunks[queue.last]
+        if len(chunk) >= _CHUNK:
+            queue.append(key, entry)
+        else:
+            chunk[key] = entry
+            queue.where[key] = queue.last
         if self._where is not None:
-            self._where[key] = queue
+            self._where[key] = queue.number
 
     def _queue(self, cls: Hashable, rank: int | None) -> _Queue:
-        queue = self._queues[cls] = _Queue(cls, rank)
+        queue = self._queues[cls] = _Queue(cls, rank, next(self._numbers))
+        self._numbered[queue.number] = queue
         if len(self._queues) > _IDLE_QUEUES:
-            for idle in [q.cls for q in self._queues.values() if not q]:
-                del self._queues[idle]
+            for idle in [q for q in self._queues.values() if not q.where]:
+                del self._queues[idle.cls]
+                del self._numbered[idle.number]
             self._queues[cls] = queue
+            self._numbered[queue.number] = queue
         return queue
 
     def _sweep(self, queue: _Queue, now: int) -> None:
         for _ in range(_SWEEP):
-            key = next(iter(queue))
-            if queue[key][0] > now:
+            chunk = queue.chunks.get(queue.first)
+            # the front chunk is nearly always where `first` points: look there directly
+            oldest = next(iter(chunk.items()), None) if chunk else queue.front()
+            if oldest is None or _EXPIRY.unpack_from(oldest[1])[0] > now:
                 return
-            self.remove(key, queue)
-            if not queue:
-                return
+            self.remove(oldest[0], queue)
 
     def _evict(self, now: int) -> bool:
         victim: _Queue | None = None
+        victim_key = ""
         best_rank = best_expiry = 0
         for queue in self._queues.values():
-            if not queue:
+            oldest = queue.front()
+            if oldest is None:
                 continue
-            expires = queue[next(iter(queue))][0]
+            key, entry = oldest
+            expires = _expiry(entry)
             if expires <= now:
                 rank = -1
             elif queue.rank is None:
@@ -163,10 +280,10 @@ class _ExpiringMap:
             else:
                 rank = queue.rank
             if victim is None or rank < best_rank or (rank == best_rank and expires < best_expiry):
-                victim, best_rank, best_expiry = queue, rank, expires
+                victim, victim_key, best_rank, best_expiry = queue, key, rank, expires
         if victim is None:
             return False
-        self.remove(next(iter(victim)), victim)
+        self.remove(victim_key, victim)
         return True
 
 
@@ -221,15 +338,23 @@ class MemoryStore:
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
         now = self._now()
         records = self._records
-        queue = records.find(key)
-        if queue is not None:
-            record = queue[key]
-            if record[0] > now:
-                if record[3] is None:
-                    return Claim(False, record[1], None, record[0] - now)
-                return Claim(False, record[1], record[3], 0)
+        found = records.lookup(key)
+        if found is not None:
+            queue, record = found
+            expires, flags, size = _RECORD.unpack_from(record)
+            if expires > now:
+                end = _RECORD.size + size
+                stored = _unpack_fingerprint(flags, record[_RECORD.size : end])
+                if flags & _DONE:
+                    return Claim(False, stored, record[end:], 0)
+                return Claim(False, stored, None, expires - now)
             records.remove(key, queue)
-        entry = (now + lease_ms, fingerprint, token, None)
+        flags, raw = _pack_fingerprint(fingerprint)
+        entry = (
+            _RECORD.pack(now + lease_ms, flags, len(raw))
+            + raw
+            + token.encode("utf-8", "surrogatepass")
+        )
         if not records.add(key, 2 * lease_ms, None, entry, now):
             raise StoreCapacityError(
                 f"the memory store holds {len(records)} requests in flight, its max_records; "
@@ -237,27 +362,31 @@ class MemoryStore:
             )
         return Claim(True, fingerprint)
 
-    def _held(self, key: str, token: str, now: int) -> tuple[_Queue, _Entry] | None:
+    def _held(self, key: str, token: str, now: int) -> tuple[_Queue, bytes, int, int] | None:
+        """The queue, record, flags and fingerprint length of ``key`` while ``token``
+        holds its lease."""
         records = self._records
-        queue = records.find(key)
-        if queue is None:
+        found = records.lookup(key)
+        if found is None:
             return None
-        record = queue[key]
-        if record[0] <= now:
+        queue, record = found
+        expires, flags, size = _RECORD.unpack_from(record)
+        if expires <= now:
             records.remove(key, queue)
             return None
-        if record[2] != token or record[3] is not None:
+        if flags & _DONE or record[_RECORD.size + size :] != token.encode("utf-8", "surrogatepass"):
             return None
-        return queue, record
+        return queue, record, flags, size
 
     async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
         now = self._now()
         held = self._held(key, token, now)
         if held is None:
             return False
-        queue, record = held
+        queue, record, _, _ = held
         # never shorten: a renewal asking for less time than is left keeps the deadline
-        entry = (max(record[0], now + lease_ms), record[1], token, None)
+        expires = max(_expiry(record), now + lease_ms)
+        entry = _EXPIRY.pack(expires) + record[_EXPIRY.size :]
         self._records.move(key, queue, 2 * lease_ms, None, entry, now)
         return True
 
@@ -266,8 +395,10 @@ class MemoryStore:
         held = self._held(key, token, now)
         if held is None:
             return False
-        queue, record = held
-        entry = (now + ttl_ms, record[1], token, response)
+        queue, record, flags, size = held
+        # the token is not kept: only a lease in flight is fenced by it
+        fingerprint = record[_RECORD.size : _RECORD.size + size]
+        entry = _RECORD.pack(now + ttl_ms, flags | _DONE, size) + fingerprint + response
         self._records.move(key, queue, 2 * ttl_ms + 1, _OPEN, entry, now)
         return True
 
@@ -290,15 +421,14 @@ class MemoryStore:
         states: list[State] = []
         allowed = True
         for one in hits:
-            queue = buckets.find(one.key)
+            found = buckets.lookup(one.key)
             state = None
-            if queue is not None:
-                entry = queue[one.key]
-                if entry[0] > now:
-                    state = (entry[1], entry[2], entry[3])
+            if found is not None:
+                expires, a, b, c = _BUCKET.unpack(found[1])
+                if expires > now:
+                    state = (a, b, c)
                 else:
-                    buckets.remove(one.key, queue)
-                    queue = None
+                    buckets.remove(one.key, found[0])
             decision, state = decide(one, state, now)
             decisions.append(decision)
             states.append(state)
@@ -307,40 +437,51 @@ class MemoryStore:
             for one, state, decision in zip(hits, states, decisions, strict=True):
                 rank = _OPEN if decision.remaining else _SPENT
                 cls = (one.algorithm, one.window_ms, rank)
-                entry = (expires_at(one, state), *state)
+                packed = _BUCKET.pack(expires_at(one, state), *state)
                 queue = buckets.find(one.key)  # again: two hits may share a key
                 if queue is None:
-                    buckets.add(one.key, cls, rank, entry, now)
+                    buckets.add(one.key, cls, rank, packed, now)
                 else:
-                    buckets.move(one.key, queue, cls, rank, entry, now)
+                    buckets.move(one.key, queue, cls, rank, packed, now)
         return decisions
 
     # -- concurrency slots ------------------------------------------------------------------
-    # One entry per key, (expires_at, {token: deadline}), expiring with its last holder's
-    # lease. A key with a live holder is never evicted (rank None), like a lease in flight: it
-    # guards running requests, and dropping it would admit one too many.
+    # One entry per key: its expiry, then each holder's deadline and token, expiring with its
+    # last holder's lease. A key with a live holder is never evicted (rank None), like a lease
+    # in flight: it guards running requests, and dropping it would admit one too many.
 
     def _holders(self, key: str, now: int) -> tuple[_Queue | None, dict[str, int]]:
+        """The queue holding ``key`` and its live holders (a new dict, to change and `_keep`)."""
         slots = self._slots
         queue = slots.find(key)
         if queue is None:
             return None, {}
-        entry = queue[key]
-        if entry[0] <= now:
+        entry = queue.get(key)
+        assert entry is not None
+        if _expiry(entry) <= now:
             slots.remove(key, queue)
             return None, {}
-        holders: dict[str, int] = entry[1]
-        for token in [t for t, until in holders.items() if until <= now]:
-            del holders[token]
+        holders: dict[str, int] = {}
+        offset = _EXPIRY.size
+        while offset < len(entry):
+            until, size = _HOLDER.unpack_from(entry, offset)
+            offset += _HOLDER.size
+            if until > now:
+                holders[entry[offset : offset + size].decode("utf-8", "surrogatepass")] = until
+            offset += size
         return queue, holders
 
     def _keep(
-        self, key: str, queue: _Queue | None, holders: dict[str, int], lease_ms: int, now: int
+        self, key: str, queue: _Queue | None, holders: dict[str, int], cls: Hashable, now: int
     ) -> bool:
-        entry = (max(holders.values()), holders)
+        parts = [_EXPIRY.pack(max(holders.values()))]
+        for token, until in holders.items():
+            data = token.encode("utf-8", "surrogatepass")
+            parts += (_HOLDER.pack(until, len(data)), data)
+        entry = b"".join(parts)
         if queue is None:
-            return self._slots.add(key, ("slot", lease_ms), None, entry, now)
-        self._slots.move(key, queue, ("slot", lease_ms), None, entry, now)
+            return self._slots.add(key, cls, None, entry, now)
+        self._slots.move(key, queue, cls, None, entry, now)
         return True
 
     async def acquire_slots(
@@ -355,7 +496,7 @@ class MemoryStore:
             kept: list[str] = []
             for (queue, holders), (key, _) in zip(found, slots, strict=True):
                 holders[token] = now + lease_ms
-                if not self._keep(key, queue, holders, lease_ms, now):
+                if not self._keep(key, queue, holders, ("slot", lease_ms), now):
                     del holders[token]
                     await self.release_slots(kept, token)
                     raise StoreCapacityError(
@@ -377,12 +518,16 @@ class MemoryStore:
                 held = False
                 continue
             holders[token] = now + lease_ms
-            self._keep(key, queue, holders, lease_ms, now)
+            self._keep(key, queue, holders, ("slot", lease_ms), now)
         return held
 
     async def release_slots(self, keys: Sequence[str], token: str) -> None:
         now = self._now()
         for key in keys:
             queue, holders = self._holders(key, now)
-            if holders.pop(token, None) is not None and not holders and queue is not None:
+            if holders.pop(token, None) is None or queue is None:
+                continue
+            if holders:
+                self._keep(key, queue, holders, queue.cls, now)
+            else:
                 self._slots.remove(key, queue)
