@@ -18,7 +18,7 @@ import pytest
 
 from bastion import IdempotencyMiddleware, IdempotencySettings
 from bastion._logging import ThrottledLogger
-from bastion.idempotency import _middleware as idempotency_middleware
+from bastion.idempotency import _request as idempotency_request
 from bastion.idempotency._fingerprint import fingerprint
 from bastion.idempotency._keys import scoped_key
 from bastion.stores import Claim, MemoryStore
@@ -305,7 +305,7 @@ async def test_store_failures_are_logged_with_their_type(
 ) -> None:
     """The warning names the exception type, so an operator sees a client library's bug."""
     monkeypatch.setattr(
-        idempotency_middleware,
+        idempotency_request,
         "store_failures",
         ThrottledLogger(logging.getLogger("bastion.idempotency")),
     )

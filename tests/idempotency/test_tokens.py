@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from bastion.idempotency import _middleware as middleware
+from bastion.idempotency._tokens import new_token
 
 COUNT = 50
 
@@ -26,7 +26,7 @@ def _draw_in_child() -> tuple[int, int]:
         code = 1
         try:
             os.close(read_end)
-            payload = "\n".join(middleware._token() for _ in range(COUNT)).encode()
+            payload = "\n".join(new_token() for _ in range(COUNT)).encode()
             while payload:
                 payload = payload[os.write(write_end, payload) :]
             code = 0
@@ -47,10 +47,10 @@ def _collect(pid: int, read_end: int) -> list[str]:
 def test_forked_workers_never_repeat_a_token() -> None:
     """Workers forked after import, after the parent already drew tokens (``gunicorn
     --preload``), draw tokens that no other worker and not the parent ever draws."""
-    parent = [middleware._token() for _ in range(COUNT)]
+    parent = [new_token() for _ in range(COUNT)]
     first = _draw_in_child()
     second = _draw_in_child()
-    parent += [middleware._token() for _ in range(COUNT)]
+    parent += [new_token() for _ in range(COUNT)]
     children = _collect(*first) + _collect(*second)
     assert len(children) == 2 * COUNT
     everything = parent + children

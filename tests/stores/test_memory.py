@@ -90,7 +90,7 @@ def test_chunked_queue_keeps_fifo_order_across_chunks() -> None:
     from collections import OrderedDict
     from random import Random
 
-    from bastion.stores._memory import _Queue
+    from bastion.stores._expiring import Queue as _Queue
 
     rng = Random(14)
     queue, model = _Queue("cls", 0, 0), OrderedDict[str, bytes]()
