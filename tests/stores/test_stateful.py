@@ -109,7 +109,11 @@ class StoreMachine(RuleBasedStateMachine):
         token = self.token(pick)
         got = self.portal.call(lambda: self.store.complete(key, token, body, ttl_ms=ttl))
         record = self.held(key, token)
-        assert got is (record is not None)
+        live = self.live(key)
+        # the same response again from the token that stored it may answer stored: a store
+        # that resends after a broken connection (Redis) cannot tell the two sends apart
+        resent = live is not None and live.token == token and live.response == body
+        assert got is (record is not None) or (got and resent)
         if record is not None:
             record.response = body
             record.expires_at = self.now() + ttl

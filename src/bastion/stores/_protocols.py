@@ -78,7 +78,11 @@ class IdempotencyStore(Store, Protocol):
         False when it was lost."""
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
-        """Store the response if ``token`` still holds the lease (fencing); False otherwise."""
+        """Store the response if ``token`` still holds the lease (fencing); False otherwise.
+
+        The very response sent again by the token that stored it, while the record lives, may
+        answer True: a store that resends after a broken connection (Redis) cannot tell its
+        two sends apart. Any other token or response is refused."""
 
     async def release(self, key: str, token: str) -> bool:
         """Delete the in-flight record if ``token`` still holds it, so a retry runs again."""
