@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -52,6 +54,31 @@ def _digest(requirements: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def ensure_system_tools() -> None:
+    """The Debian tools the tests drive: promtool (checks the service's Prometheus files) and
+    chromium (the admin page's browser test). Installed with apt when missing and allowed
+    (root, apt-get present); otherwise their tests skip locally and fail under CI=true."""
+    missing_promtool = shutil.which("promtool") is None
+    missing_chromium = shutil.which("chromium") is None
+    if not (missing_promtool or missing_chromium):
+        return
+    if shutil.which("apt-get") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print("dev.py: promtool or chromium is missing and cannot be installed here", flush=True)
+        return
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    if missing_promtool:
+        print("dev.py: installing promtool (from Debian's prometheus package)", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["apt-get", "download", "-q", "prometheus"], check=True, cwd=tmp)
+            (deb,) = Path(tmp).glob("prometheus_*.deb")
+            subprocess.run(["dpkg", "-x", str(deb), "x"], check=True, cwd=tmp)
+            shutil.copy(Path(tmp) / "x" / "usr" / "bin" / "promtool", "/usr/local/bin/promtool")
+    if missing_chromium:
+        print("dev.py: installing chromium", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+
+
 def ensure_environment(env: Path) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself runs on any python3
         sys.exit(f"bastion needs Python 3.11 or newer, this is {sys.version.split()[0]}")
@@ -80,6 +107,8 @@ def main(argv: list[str]) -> int:
         return 0 if command in {"help", "-h", "--help"} else 2
     target = BENCH_VENV if command == "bench" else VENV
     ensure_environment(target)
+    if command == "test":
+        ensure_system_tools()
     if command == "serve":
         args = [str(_bin("bastion-service")), "serve", *rest]
     else:
