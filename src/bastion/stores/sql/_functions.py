@@ -19,7 +19,7 @@ from bastion._core.algorithms import MAX_CLOCK_LEAD_MS
 
 __all__ = ["VERSION", "drop_ddl", "function_ddl", "function_name", "mysql_ddl", "mysql_drop_ddl"]
 
-VERSION = 1
+VERSION = 2
 
 _RETRY = """
 CREATE OR REPLACE FUNCTION {retry}(
@@ -59,7 +59,7 @@ DECLARE
   v_states bigint[] := '{{}}';
   v_all boolean := true;
   i int;
-  v_alg text; v_limit bigint; v_window bigint; v_cost bigint; v_now bigint;
+  v_alg text; v_limit bigint; v_window bigint; v_cost bigint; v_now bigint; v_clock bigint;
   s0 bigint; s1 bigint; s2 bigint; v_until bigint; v_has boolean; v_time bigint;
   v_start bigint; v_count bigint; v_previous bigint; v_elapsed bigint; v_left bigint;
   v_ok boolean; v_rem bigint; v_reset bigint; v_retry bigint;
@@ -70,9 +70,11 @@ BEGIN
   INSERT INTO {buckets} AS b (key, state_0, state_1, state_2, expires_at)
   SELECT k, 0, 0, 0, 0 FROM (SELECT DISTINCT unnest(p_keys) AS k) AS u ORDER BY k COLLATE "C"
   ON CONFLICT (key) DO UPDATE SET state_0 = b.state_0;
+  -- the database's clock unless the caller passed its own, read once the rows are locked
+  v_clock := coalesce(p_now, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);
   FOR i IN 1 .. v_n LOOP
     v_alg := p_algorithms[i]; v_limit := p_limits[i]; v_window := p_windows[i];
-    v_cost := p_costs[i]; v_now := p_now;
+    v_cost := p_costs[i]; v_now := v_clock;
     SELECT b.state_0, b.state_1, b.state_2, b.expires_at INTO s0, s1, s2, v_until
       FROM {buckets} AS b WHERE b.key = p_keys[i];
     v_has := v_until > v_now;
@@ -238,7 +240,7 @@ BEGIN
   DECLARE v_key VARBINARY(255);
   DECLARE v_at VARCHAR(32);
   DECLARE v_alg VARCHAR(1);
-  DECLARE v_limit, v_window, v_cost, v_now, s0, s1, s2, v_until, v_time BIGINT;
+  DECLARE v_limit, v_window, v_cost, v_now, v_clock, s0, s1, s2, v_until, v_time BIGINT;
   DECLARE v_start, v_count, v_previous, v_elapsed, v_left, v_rem, v_reset, v_retry BIGINT;
   DECLARE v_backlog, v_capacity, v_wanted, v_tat, n0, n1, n2, v_expires BIGINT;
   DECLARE v_has, v_ok BOOLEAN;
@@ -254,6 +256,10 @@ BEGIN
       ON DUPLICATE KEY UPDATE state_0 = state_0;
     SET i = i + 1;
   END WHILE;
+  -- the database's clock unless the caller passed its own, read once the rows are locked;
+  -- UTC arithmetic, so no session time zone (or its DST hour) moves it
+  SET v_clock = COALESCE(
+    p_now, TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000);
   SET i = 0;
   WHILE i < v_n DO
     SET v_at = CONCAT('$[', i, ']');
@@ -262,7 +268,7 @@ BEGIN
     SET v_limit = JSON_EXTRACT(p_hits, CONCAT(v_at, '[2]'));
     SET v_window = JSON_EXTRACT(p_hits, CONCAT(v_at, '[3]'));
     SET v_cost = JSON_EXTRACT(p_hits, CONCAT(v_at, '[4]'));
-    SET v_now = p_now;
+    SET v_now = v_clock;
     SELECT b.state_0, b.state_1, b.state_2, b.expires_at INTO s0, s1, s2, v_until
       FROM {buckets} AS b WHERE b.`key` = v_key;
     SET v_has = v_until > v_now;

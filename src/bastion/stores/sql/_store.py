@@ -44,12 +44,14 @@ class SQLStore:
     for the statements per dialect. ``engine`` is your `AsyncEngine` (left open by `aclose`)
     or ``url`` builds one the store owns. The tables are ``<table_prefix>records`` and
     ``<table_prefix>buckets``, defined on ``metadata`` (yours, for Alembic) or a private one;
-    `create_tables` creates them for the simple path. ``clock`` returns seconds and is
-    injectable so tests never sleep: every process must share a synchronised clock, as lease
-    deadlines written by one are read by the others. ``breaker`` (a `CircuitBreaker`, one per
-    store by default) skips the database after consecutive failures, so each middleware's
-    fail-open or fail-closed answer comes at once while it is down; ``CircuitBreaker(
-    failures=0)`` turns it off.
+    `create_tables` creates them for the simple path. Rate-limit windows are decided on the
+    database's own clock (read once the buckets are locked), so every process decides a bucket
+    on one clock whatever its host's says; lease and slot deadlines are written from the host's
+    clock (`time.time`), so processes need clocks synchronised well inside a lease (NTP).
+    ``clock`` (seconds) replaces both, as tests with a `FakeClock` do. ``breaker`` (a
+    `CircuitBreaker`, one per store by default) skips the database after consecutive
+    failures, so each middleware's fail-open or fail-closed answer comes at once while it is
+    down; ``CircuitBreaker(failures=0)`` turns it off.
     """
 
     backend = "sql"
@@ -60,7 +62,7 @@ class SQLStore:
         *,
         url: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         metadata: MetaData | None = None,
         engine_options: Mapping[str, Any] | None = None,
         breaker: CircuitBreaker | None = None,
@@ -95,7 +97,8 @@ class SQLStore:
         )
         # an in-memory SQLite database lives in one shared connection: take turns on it
         self._serial = anyio.Lock() if isinstance(engine.pool, StaticPool) else None
-        self._clock = clock
+        self._clock = time.time if clock is None else clock
+        self._decides_on_database_clock = clock is None
         self.breaker = CircuitBreaker(name="sql store") if breaker is None else breaker
         """Skips the database after consecutive failures (see `CircuitBreaker`), so a dead
         database costs each request nothing once it is known to be down."""
@@ -109,6 +112,10 @@ class SQLStore:
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
+
+    def _decision_now(self) -> int | None:
+        """The time a rate-limit decision is made at: None for the database's clock."""
+        return None if self._decides_on_database_clock else self._now()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -343,8 +350,9 @@ class SQLStore:
         ordered = sorted(set(keys))
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
-            rows = await dialect.lock_buckets(conn, ordered)
-            now = self._now()  # read after the locks, so it never runs behind a writer's
+            rows, database_now = await dialect.lock_buckets(conn, ordered)
+            # read after the locks, so it never runs behind a writer's
+            now = database_now if self._decides_on_database_clock else self._now()
             decisions: list[RateLimitDecision] = []
             writes: dict[Any, dict[str, Any]] = {}
             for one, key in zip(hits, keys, strict=True):
@@ -373,7 +381,7 @@ class SQLStore:
         dialect = self._dialect
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
-            now = self._now()
+            now = self._decision_now()
             try:
                 decided = await dialect.decide(conn, hits, keys, now)
             except sa_exc.DBAPIError as exc:
