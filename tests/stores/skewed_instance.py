@@ -2,8 +2,9 @@
 
 Run by `tests/stores/test_store_clock.py` as its own process: ``time.time`` is shifted before
 bastion is imported, so every reader of the host's clock (a store's default included) sees the
-skewed time, as on a host whose clock drifted. It answers one JSON request per stdin line with
-the status a `RateLimitMiddleware` over the named store gave, until stdin closes.
+skewed time, as on a host whose clock drifted. It answers one JSON request per stdin line, until
+stdin closes: the status a `RateLimitMiddleware` over the named store gave, or for ``"op":
+"claim"`` 1 or 0 as the store's `claim` of ``key`` for ``lease_ms`` acquired it or not.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ time.time_ns = lambda: _real_time_ns() + round(_SKEW * 1e9)
 import asyncio  # noqa: E402 - after the clock is skewed, as the docstring says
 import json  # noqa: E402
 import sys  # noqa: E402
+import uuid  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bastion import RateLimitMiddleware, RateLimitSettings, Tier  # noqa: E402
@@ -47,6 +49,13 @@ async def serve() -> None:
             where = (spec["backend"], spec["url"], spec["prefix"], spec["clock"])
             if where not in stores:
                 stores[where] = _store(spec)
+            if spec.get("op") == "claim":
+                token = uuid.uuid4().hex
+                claim = await stores[where].claim(
+                    spec["key"], "fingerprint", token, lease_ms=spec["lease_ms"]
+                )
+                print(int(claim.acquired), flush=True)
+                continue
             if spec["tier"] not in apps:
                 tier = Tier(
                     name=spec["tier"],

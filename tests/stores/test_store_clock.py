@@ -8,6 +8,9 @@ and a fixed window admits its limit plus one (the control case below shows the h
 it). A store deciding on its own clock (Redis ``TIME``, the database's clock) admits exactly
 the limit.
 
+Leases likewise: the instance ahead must find a lease the one behind just took still live. On
+the callers' clocks it sees the lease as two seconds older than it is and takes it over.
+
 A run is judged only when it fits inside one window of the clock deciding it (read before and
 after); one that straddles a boundary is repeated on a fresh bucket, at most `ATTEMPTS` times.
 """
@@ -44,6 +47,8 @@ ATTEMPTS = 8
 """Runs allowed to straddle a window boundary before the test gives up (each straddles with
 the chance run time / 2 s)."""
 ALGORITHMS = ["fixed_window", "sliding_window", "gcra"]
+LEASE_MS = 1500
+"""Shorter than the instances' 2 s apart, longer than a run (a slower run is repeated)."""
 GCRA_WINDOW_S = 600
 """GCRA refills a token every window / limit: long enough that no run sees one come back."""
 
@@ -212,3 +217,39 @@ async def test_on_the_callers_clocks_the_harness_sees_the_skew(instances: list[I
     spec = {"algorithm": "fixed_window", "limit": LIMIT, "window": WINDOW_S, "clock": "host"}
     async with redis_backend() as (backend, _):
         assert await admitted(instances, backend, _instances_clock, spec) == LIMIT + 1
+
+
+async def taken_over(
+    instances: list[Instance], backend: dict[str, Any], clock: Clock, mode: str
+) -> bool:
+    """Whether the instance ahead took over the lease the one behind had just taken, in a
+    run that took less than the lease by ``clock``."""
+    for _ in range(ATTEMPTS):
+        spec = {**backend, "op": "claim", "clock": mode, "key": uuid.uuid4().hex}
+        spec["lease_ms"] = LEASE_MS
+        before = await clock()
+        assert instances[0].request(spec) == 1
+        second = instances[1].request(spec)
+        if await clock() - before < LEASE_MS:
+            return second == 1
+    pytest.fail(f"{ATTEMPTS} runs in a row took longer than a lease of {LEASE_MS} ms")
+
+
+@pytest.mark.parametrize("factory", BACKENDS)
+async def test_an_instance_two_seconds_ahead_finds_a_live_lease_live(
+    instances: list[Instance], factory: Any
+) -> None:
+    """Lease deadlines are on the store's clock too: no takeover of a live lease (on SQL to
+    within the round trip that measured the database clock's offset)."""
+    async with factory() as (backend, clock):
+        assert not await taken_over(instances, backend, clock, "store")
+
+
+@pytest.mark.postgres
+async def test_on_the_callers_clocks_a_live_lease_is_taken_over(
+    instances: list[Instance],
+) -> None:
+    """The control: on the hosts' clocks the instance ahead takes the live lease over (the
+    duplicate run the store's clock prevents)."""
+    async with postgres_backend() as (backend, clock):
+        assert await taken_over(instances, backend, clock, "host")

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.exceptions import ConfigurationError
 from bastion.stores._protocols import RateLimitHit
-from bastion.stores.sql._functions import function_name
+from bastion.stores.sql._functions import CLOCK_MS, function_name
 from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
 __all__ = ["Dialect", "dialect_for"]
@@ -208,10 +208,7 @@ class Dialect:
         return delete(table).where(table.c.key.in_(victims)).where(expired)
 
 
-_SQLITE_MS = literal_column(
-    "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)", BigInteger
-)
-"""SQLite's clock in ms since the epoch ('now' is the host's clock, fixed within a statement)."""
+_SQLITE_MS = literal_column(CLOCK_MS["sqlite"], BigInteger)
 
 
 def _fresh_bucket(i: int) -> dict[str, Any]:

@@ -17,9 +17,26 @@ from __future__ import annotations
 
 from bastion._core.algorithms import MAX_CLOCK_LEAD_MS
 
-__all__ = ["VERSION", "drop_ddl", "function_ddl", "function_name", "mysql_ddl", "mysql_drop_ddl"]
+__all__ = [
+    "CLOCK_MS",
+    "VERSION",
+    "drop_ddl",
+    "function_ddl",
+    "function_name",
+    "mysql_ddl",
+    "mysql_drop_ddl",
+]
 
 VERSION = 2
+
+CLOCK_MS = {
+    "postgresql": "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    # UTC arithmetic, so no session time zone (or its DST hour) moves it
+    "mysql": "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000",
+    # 'now' is the host's clock, fixed within a statement
+    "sqlite": "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+}
+"""Each database's own clock in ms since the epoch, as an SQL expression."""
 
 _RETRY = """
 CREATE OR REPLACE FUNCTION {retry}(
@@ -71,7 +88,7 @@ BEGIN
   SELECT k, 0, 0, 0, 0 FROM (SELECT DISTINCT unnest(p_keys) AS k) AS u ORDER BY k COLLATE "C"
   ON CONFLICT (key) DO UPDATE SET state_0 = b.state_0;
   -- the database's clock unless the caller passed its own, read once the rows are locked
-  v_clock := coalesce(p_now, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+  v_clock := coalesce(p_now, {clock});
   FOR i IN 1 .. v_n LOOP
     v_alg := p_algorithms[i]; v_limit := p_limits[i]; v_window := p_windows[i];
     v_cost := p_costs[i]; v_now := v_clock;
@@ -173,8 +190,9 @@ def function_name(prefix: str) -> str:
     return f"{prefix}hit_v{VERSION}"
 
 
-def _names(prefix: str) -> dict[str, object]:
+def _names(prefix: str, dialect: str = "postgresql") -> dict[str, object]:
     return {
+        "clock": CLOCK_MS[dialect],
         "hit": function_name(prefix),
         "retry": f"{prefix}sliding_retry_v{VERSION}",
         "buckets": f"{prefix}buckets",
@@ -256,10 +274,8 @@ BEGIN
       ON DUPLICATE KEY UPDATE state_0 = state_0;
     SET i = i + 1;
   END WHILE;
-  -- the database's clock unless the caller passed its own, read once the rows are locked;
-  -- UTC arithmetic, so no session time zone (or its DST hour) moves it
-  SET v_clock = COALESCE(
-    p_now, TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000);
+  -- the database's clock unless the caller passed its own, read once the rows are locked
+  SET v_clock = COALESCE(p_now, {clock});
   SET i = 0;
   WHILE i < v_n DO
     SET v_at = CONCAT('$[', i, ']');
@@ -369,7 +385,7 @@ def mysql_ddl(prefix: str) -> list[str]:
     (named like PostgreSQL's function). MySQL has no portable ``OR REPLACE``: installing over
     an existing one fails with error 1304, which the store treats as installed (the body of
     a version never changes)."""
-    names = _names(prefix)
+    names = _names(prefix, "mysql")
     return [_MYSQL_RETRY.format(**names).strip(), _MYSQL_HIT.format(**names).strip()]
 
 
