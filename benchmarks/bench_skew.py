@@ -379,8 +379,10 @@ def report_admission(cells: dict[tuple[str, str, float, str], Cell], args: Any) 
         f"over-admission: 2 processes at -S and +S s, {args.concurrency} tasks each, one bucket "
         f"(limit {LIMIT}, window {WINDOW_MS / 1000:g} s), fresh per episode; an episode hammers "
         f"{WINDOW_MS / 2000:g} s from {MARGIN_MS} ms after a boundary of the store's clock and "
-        "counts only inside one window of it.\nallowance = limit (+ GCRA's refill over the "
-        "episode); excess = admitted - allowance; x = admitted / allowance."
+        "counts only inside one window of it; the one behind is told first in even episodes, "
+        "the one ahead in odd ones.\nallowance = limit (GCRA: + the tokens refilled between "
+        "the two reads of the store's clock, an upper bound); excess = admitted - allowance; "
+        "x = admitted / allowance; over = episodes with excess > 0."
     )
     print(
         f"{'backend':<10} {'algorithm':<14} {'skew':>6} {'mode':<13} {'episodes':>8} "
