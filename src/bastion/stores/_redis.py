@@ -112,8 +112,8 @@ class RedisStore:
     every process. ``clock`` (seconds, like `time.time`) makes the store decide on the caller's
     clock instead, as tests with a `FakeClock` do; processes whose clocks then differ by less
     than ``expiry_slack_ms`` still agree on what is alive (each key's TTL outlives its deadline
-    by that much), and a rate-limit window may then admit one request more than its limit when
-    the clocks straddle its boundary (see ``docs/stores.md``).
+    by that much), but a fixed window may then admit up to twice its limit in one window of
+    real time when the clocks straddle its boundary (see ``docs/stores.md``).
 
     Keys start with ``prefix``. A rate-limit key carries a hash tag drawn from its principal
     (what the tier is keyed by: an address, an API key…), so the tiers of one client share a
