@@ -100,8 +100,17 @@ def service_url(variable: str) -> str:
     reason = f"{variable} is not set and no {service} listens at {default}"
     if IN_CI:
         pytest.fail(f"{reason}; CI must run every real-service test")
-    _skipped[variable] += 1
     pytest.skip(reason)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the skips `service_url` caused from the reports, which pytest-xdist's workers
+    send to the process that prints the summary."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        for variable in SERVICES:
+            if f"{variable} is not set and no " in reason:
+                _skipped[variable] += 1
 
 
 def skipped_services_line() -> str | None:

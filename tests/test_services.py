@@ -49,8 +49,19 @@ def test_a_silent_default_skips_and_the_run_says_how_to_enable_it(
     and its URL format."""
     url = _default(monkeypatch, free_port())
     for _ in range(2):
-        with pytest.raises(pytest.skip.Exception, match=VARIABLE):
+        with pytest.raises(pytest.skip.Exception, match=VARIABLE) as skip:
             conftest.service_url(VARIABLE)
+        # the skip's report, as it reaches the summary (from a pytest-xdist worker too)
+        conftest.pytest_runtest_logreport(
+            pytest.TestReport(
+                nodeid="t",
+                location=("t", 0, "t"),
+                keywords={},
+                outcome="skipped",
+                longrepr=("t", 1, f"Skipped: {skip.value.msg}"),
+                when="setup",
+            )
+        )
     assert conftest._probed == {VARIABLE: False}
     assert fresh == {VARIABLE: 2}
     line = conftest.skipped_services_line()

@@ -160,13 +160,19 @@ def test_the_ledger_balances_after_a_burst_across_processes(
             wallets = [random_wallet() for _ in range(20)]
 
             async def post(path: str, body: dict[str, Any]) -> httpx.Response:
-                # a keep-alive connection the server closed as it was reused is a transport
-                # error with no answer: retried with the same key, as a client would
+                # a keep-alive connection the server closed as it was reused, or a connection
+                # refused while the listen queue overflowed, is a transport error with no
+                # answer: retried with the same key, as a client would
                 headers = key()
                 for _ in range(3):
                     try:
                         return await client.post(path, json=body, headers=headers)
-                    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                    except (
+                        httpx.ConnectError,
+                        httpx.ReadError,
+                        httpx.RemoteProtocolError,
+                        httpx.WriteError,
+                    ):
                         continue
                 return await client.post(path, json=body, headers=headers)
 
@@ -201,6 +207,9 @@ def test_the_ledger_balances_after_a_burst_across_processes(
 
     try:
         result = asyncio.run(burst())
+    except Exception as exc:
+        exc.add_note(f"the stack's log ends:\n{log.read_text()[-3000:]}")
+        raise
     finally:
         code = _stop(stack)
     assert code == 0, log.read_text()[-3000:]
