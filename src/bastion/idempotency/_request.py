@@ -326,6 +326,11 @@ class KeyedRequest(IdempotencyContext):
             with anyio.CancelScope(shield=True):
                 await self._finish(capture)
             raise
+        finally:
+            # the scope and this request refer to each other: a cycle only the collector would
+            # free, so every request would leave garbage behind (long pauses under load)
+            if self.scope.get(SCOPE_KEY) is self:
+                del self.scope[SCOPE_KEY]
         if error is not None:
             # a response already sent in full (the app raised afterwards, in a background
             # task) is kept: the handler ran, and a retry must not run it again
