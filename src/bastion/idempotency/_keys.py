@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from bastion._asgi import header
 from bastion.typing import Scope
 
 __all__ = ["InvalidKey", "default_principal", "key_header", "parse_key", "scoped_key"]
@@ -92,8 +91,16 @@ def default_principal(scope: Scope) -> str:
             identity = None
         if identity:
             return f"user:{identity}"
-    credential = header(scope, b"authorization") or header(scope, b"x-api-key")
+    authorization = api_key = None
+    for name, value in scope["headers"]:  # the first of each, in one pass
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    credential = authorization or api_key
     if credential:
+        credential = bytes(credential)
         principal = _CREDENTIALS.get(credential)
         if principal is None:
             if len(_CREDENTIALS) >= CREDENTIAL_CACHE_SIZE:

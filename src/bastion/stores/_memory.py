@@ -44,6 +44,7 @@ _RAW = 2  # record flag: the fingerprint was lower-case hex, kept as the bytes i
 
 _OPEN = 0
 _SPENT = 1
+_new_tuple = tuple.__new__
 
 
 def _pack_fingerprint(fingerprint: str) -> tuple[int, bytes]:
@@ -139,7 +140,8 @@ class MemoryStore:
                 f"the memory store holds {len(records)} requests in flight, its max_records; "
                 "a new claim must wait until one of them finishes"
             )
-        return Claim(True, fingerprint)
+        # Claim(True, fingerprint), built without the named tuple's Python-level __new__
+        return _new_tuple(Claim, (True, fingerprint, None, 0))
 
     def _held(self, key: str, token: str, now: int) -> tuple[Queue, bytes, int, int] | None:
         """The queue, record, flags and fingerprint length of ``key`` while ``token``
