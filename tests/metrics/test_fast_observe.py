@@ -60,24 +60,29 @@ def test_an_unknown_child_falls_back_to_the_public_api() -> None:
 
 
 def test_direct_record_matches_the_public_api() -> None:
-    """One request's count, sizes and duration written at once come out as the seven public
-    calls would write them."""
+    """One request's count, sizes, duration and in-flight decrement written at once come out
+    as the eight public calls would write them."""
     registries = CollectorRegistry(), CollectorRegistry()
-    children: list[tuple[Any, Any, Any, Any]] = []
+    children: list[tuple[Any, ...]] = []
     for registry in registries:
         counter = Counter("c", "c", ("route",), registry=registry)
         sizes_in = Histogram("i", "i", ("route",), buckets=BUCKETS, registry=registry)
         sizes_out = Histogram("o", "o", ("route",), buckets=BUCKETS, registry=registry)
         durations = Histogram("d", "d", ("route",), buckets=(0.1, 1.0), registry=registry)
-        children.append(tuple(m.labels("/a") for m in (counter, sizes_in, sizes_out, durations)))
-    (count, public_in, public_out, public_d), direct = children
+        gauge = Gauge("g", "g", ("route",), registry=registry)
+        metrics = (counter, sizes_in, sizes_out, durations, gauge)
+        children.append(tuple(m.labels("/a") for m in metrics))
+    (count, public_in, public_out, public_d, public_g), direct = children
     record = direct_record(*direct)
     assert record is not None
     for amount in AMOUNTS:
+        public_g.inc()
+        direct[4].inc()
         count.inc()
         public_in.observe(amount)
         public_out.observe(amount * 2)
         public_d.observe(amount / 100)
+        public_g.dec()
         record(amount, amount * 2, amount / 100)
     assert samples(registries[0]) == samples(registries[1])
 
@@ -92,5 +97,9 @@ def test_direct_record_needs_plain_values() -> None:
     registry = CollectorRegistry()
     histogram = Histogram("h", "h", ("route",), buckets=BUCKETS, registry=registry)
     child = histogram.labels("/a")
-    assert direct_record(Child(), child, child, child) is None
-    assert direct_record(Counter("c", "c", registry=registry), Child(), child, child) is None
+    counter = Counter("c", "c", registry=registry)
+    gauge = Gauge("g", "g", registry=registry)
+    assert direct_record(counter, child, child, child, gauge) is not None
+    assert direct_record(Child(), child, child, child, gauge) is None
+    assert direct_record(counter, Child(), child, child, gauge) is None
+    assert direct_record(counter, child, child, child, Child()) is None

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["Children", "Record", "direct_record", "incrementer", "observer"]
 
 Record = Callable[[float, float, float], None]
-"""Records one request: its request and response body sizes and its duration."""
+"""Records one request that has ended: its request and response body sizes and its duration."""
 
 _WRITES = threading.Lock()
 """Held while bastion writes to metric values directly: the values' own locks are not taken,
@@ -47,6 +47,7 @@ class Children:
 
     def __init__(self, metrics: HttpMetrics, method: str, route: str, status: int) -> None:
         requests = metrics.requests.labels(method, route, str(status))
+        in_flight = metrics.in_flight.labels(method)
         request_size = metrics.request_size.labels(method, route)
         response_size = metrics.response_size.labels(method, route)
         self.requests = incrementer(requests)
@@ -55,7 +56,7 @@ class Children:
         self.observe_request = observer(request_size)
         self.observe_response = observer(response_size)
         # all of one request's observations at once (None: they go one by one, above)
-        self.record = direct_record(requests, request_size, response_size, self.duration)
+        self.record = direct_record(requests, request_size, response_size, self.duration, in_flight)
 
 
 def incrementer(child: Any) -> Callable[[float], None]:
@@ -118,13 +119,20 @@ def _histogram(child: Any) -> tuple[tuple[float, ...], Any, list[Any]] | None:
 
 
 def direct_record(
-    requests: Any, request_size: Any, response_size: Any, duration: Any
+    requests: Any, request_size: Any, response_size: Any, duration: Any, in_flight: Any
 ) -> Record | None:
-    """One request's count, body sizes and duration written under one lock, or None unless
-    every value is plain (`_plain`)."""
+    """One request's count, body sizes and duration written under one lock, and the request
+    taken out of the ``in_flight`` gauge; None unless every value is plain (`_plain`)."""
     count: Any = getattr(requests, "_value", None)
+    running: Any = getattr(in_flight, "_value", None)
     sizes_in, sizes_out, durations = map(_histogram, (request_size, response_size, duration))
-    if not _plain(count) or sizes_in is None or sizes_out is None or durations is None:
+    if (
+        not _plain(count)
+        or not _plain(running)
+        or sizes_in is None
+        or sizes_out is None
+        or durations is None
+    ):
         return None
     in_bounds, in_sum, in_buckets = sizes_in
     out_bounds, out_sum, out_buckets = sizes_out
@@ -132,6 +140,7 @@ def direct_record(
 
     def record(request_bytes: float, response_bytes: float, seconds: float) -> None:
         with _WRITES:
+            running._value -= 1
             count._value += 1
             in_sum._value += request_bytes
             in_buckets[bisect_left(in_bounds, request_bytes)]._value += 1

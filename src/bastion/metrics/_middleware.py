@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -137,8 +138,7 @@ class MetricsMiddleware:
             raise
         finally:
             seconds = perf_counter() - start
-            in_flight(-1)
-            self._record(method, self._label(scope), exchange, seconds)
+            self._record(method, self._label(scope), exchange, seconds, in_flight)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send, tracing: Tracing) -> None:
         method = scope["method"]
@@ -165,9 +165,8 @@ class MetricsMiddleware:
             seconds = perf_counter() - start
             route = None if ANSWERED_SCOPE_KEY in scope else self._resolve(scope)
             if in_flight is not None:
-                in_flight(-1)
                 label = route if route is not None else self._unrouted(scope)
-                self._record(method, label, exchange, seconds)  # inside the span: exemplar
+                self._record(method, label, exchange, seconds, in_flight)  # inside the span
             tracing.finish(span, token, scope, method, route, exchange.status, seconds, error)
 
     def _gauge(self, method: str) -> Any:
@@ -185,7 +184,15 @@ class MetricsMiddleware:
     def _unrouted(scope: Scope) -> str:
         return BASTION_LABEL if ANSWERED_SCOPE_KEY in scope else UNMATCHED_LABEL
 
-    def _record(self, method: str, route: str, exchange: _Exchange, seconds: float) -> None:
+    def _record(
+        self,
+        method: str,
+        route: str,
+        exchange: _Exchange,
+        seconds: float,
+        in_flight: Callable[[float], None],
+    ) -> None:
+        """Count the request (and take it out of the in-flight gauge)."""
         key = (method, route, exchange.status)
         children = self._children.get(key)
         if children is None:
@@ -196,6 +203,7 @@ class MetricsMiddleware:
         if record is not None and exemplar is None:
             record(exchange.request_bytes, exchange.response_bytes, seconds)
             return
+        in_flight(-1)
         children.requests(1)
         children.observe_request(exchange.request_bytes)
         children.observe_response(exchange.response_bytes)
