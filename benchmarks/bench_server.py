@@ -226,8 +226,8 @@ def measure(name: str, index: int, tag: str, seconds: int, warmup: int) -> Resul
     except ImportError as exc:
         return f"{exc.name} is not installed (`python3 dev.py bench` installs the peers)"
     port = _free_port()
-    with tempfile.NamedTemporaryFile("r", suffix=".gc") as gc_log:
-        server = _serve(name, port, tag, gc_log.name)
+    with tempfile.TemporaryDirectory(suffix="-gc") as gc_log:
+        server = _serve(name, port, tag, gc_log)
         try:
             if (why := _ready(server, port, f"{tag}-{index}")) is not None:
                 return why
@@ -235,14 +235,16 @@ def measure(name: str, index: int, tag: str, seconds: int, warmup: int) -> Resul
             result = _wrk(port, f"{tag}-{index}-run", seconds)
         finally:
             _stop(server)
-        return dataclasses.replace(result, gc=_collections(gc_log.read()))
+        return dataclasses.replace(result, gc=_collections(Path(gc_log)))
 
 
-def _collections(log: str) -> str:
-    """``young/full/longest ms`` summed over the workers' lines of `stacks.log_collections`."""
-    lines = [line.split() for line in log.splitlines() if line.strip()]
+def _collections(directory: Path) -> str:
+    """``young/full/longest ms`` summed over the workers' files of `stacks.log_collections`
+    (``0/0/0``: no worker collected at all)."""
+    lines = [f.read_text().split() for f in sorted(directory.glob("*.gc"))]
+    lines = [line for line in lines if len(line) == 5]
     if not lines:
-        return "-"
+        return "0/0/0"
     young = sum(int(f[0]) + int(f[1]) for f in lines)
     full = sum(int(f[2]) for f in lines)
     longest = max(float(f[3]) for f in lines)
