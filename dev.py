@@ -2,8 +2,8 @@
 
     python3 dev.py serve     run the example service on 127.0.0.1:8000 (embedded, memory stores)
     python3 dev.py test      lint, type-check and run the whole test suite (under CI=true, then
-                             the fast subset again against the built wheel)
-    python3 dev.py wheel     run the fast subset against the built wheel (or: -- <pytest args>)
+                             the packaging subset against the built wheel)
+    python3 dev.py wheel     run the packaging subset against the built wheel (or: -- <pytest args>)
     python3 dev.py bench     run the benchmarks (they install the peers they compare with)
     python3 dev.py docs      build the documentation site into site/ (mkdocs build --strict)
     python3 dev.py load register|claim [--short] [options]

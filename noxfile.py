@@ -1,10 +1,27 @@
 """Sessions run inside the environment `dev.py` builds (`nox --no-venv`).
 
-Under ``CI=true`` the ``tests`` session also runs the suite against the built wheel (the
-``wheel`` session, runnable on its own): a file missing from the wheel (a Lua script, a
-``py.typed``, a module) fails CI, which the editable install would never notice. That pass
-runs the fast subset, without the ``integration`` and ``slow`` markers, so that `.ci/run`
-stays under ten minutes: those tests start servers and exercise no packaging the rest does not.
+Under ``CI=true`` the ``tests`` session also runs tests against the built wheel (the ``wheel``
+session, runnable on its own): a file missing from the wheel (a Lua script, a ``py.typed``, a
+module, the service's Alembic scripts) fails CI, which the editable install would never notice.
+
+That pass is there for packaging only, so it runs `WHEEL_TESTS`, not the suite again (which
+cost four of `.ci/run`'s minutes). A packaging mistake can only show as a file or an entry
+point the installed package lacks, and the subset reaches each kind from the installed wheel:
+
+- ``test_packaging``: every file under ``src/bastion`` is in the installed package (the wheel
+  pip built, not only the one the test builds itself) and the ``bastion`` script loads;
+- ``test_exported_members``, ``test_extras``, ``metrics/test_imports``: every public module
+  imports, with and without the optional extras;
+- the store conformance suite on memory, fakeredis and SQLite: every Lua script is read through
+  `importlib.resources` and run, and the SQL store builds its tables and decides;
+- ``check/``: ``python -m bastion.check`` and ``-p bastion.check.pytest_plugin`` in fresh
+  processes; ``test_openapi*`` and ``test_testing``: the OpenAPI, FastAPI and testing modules;
+- the README app under ``mypy --strict`` against site-packages: it type-checks only if
+  ``py.typed`` shipped;
+- the reference service's CLI and surface tests: its wheel's migrations and ``py.typed``.
+
+Every test still runs in the main pass, from the checkout; the real-service rows of those files
+(the ``redis``, ``postgres``, ``mysql`` markers) load no file the local rows do not.
 """
 
 from __future__ import annotations
@@ -27,7 +44,23 @@ ROOT = Path(__file__).resolve().parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 WHEEL_VENV = ROOT / ".nox" / "wheel-venv"
 """The wheel pass's own environment, kept between runs: only the bastion wheel is reinstalled."""
-WHEEL_MARKERS = "not integration and not slow"
+WHEEL_TESTS = [
+    "tests/test_packaging.py",
+    "tests/test_exported_members.py",
+    "tests/test_extras.py",
+    "tests/metrics/test_imports.py",
+    "tests/stores/test_conformance.py",
+    "tests/check",
+    "tests/test_openapi.py",
+    "tests/test_openapi_schemathesis.py",
+    "tests/test_testing.py",
+    "tests/test_docs.py::test_readme_app_passes_mypy_strict",
+    "tests/reference_service/test_cli.py",
+    "tests/reference_service/test_surface.py",
+]
+"""What the pass against the built wheel runs: the tests that reach every packaged file and
+entry point from the installed package (the module docstring says why these)."""
+WHEEL_ARGS = ["-m", "not redis and not postgres and not mysql and not integration", *WHEEL_TESTS]
 # what the copy the wheel pass runs from leaves out: caches, environments, and nothing else
 _NOT_COPIED = shutil.ignore_patterns(
     ".git",
@@ -65,19 +98,19 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole suite with coverage; under CI=true no real-service test may skip, and the fast
-    subset then runs again against the built wheel."""
+    """The whole suite with coverage; under CI=true no real-service test may skip, and the
+    packaging subset then runs against the built wheel."""
     args = session.posargs or ["tests"]
     _run(session, "pytest", "--cov", "--cov-report=term", "-p", "no:cacheprovider", *args)
     if IN_CI and not session.posargs:
-        _wheel_suite(session, ["-m", WHEEL_MARKERS, "tests"])
+        _wheel_suite(session, WHEEL_ARGS)
 
 
 @nox.session
 def wheel(session: nox.Session) -> None:
-    """The suite against the built wheel, from a copy of the tree where src/ is not importable
-    (default: the fast subset CI runs; pass pytest arguments to choose)."""
-    _wheel_suite(session, session.posargs or ["-m", WHEEL_MARKERS, "tests"])
+    """Tests against the built wheel, from a copy of the tree where src/ is not importable
+    (default: the packaging subset CI runs; pass pytest arguments to choose, e.g. ``tests``)."""
+    _wheel_suite(session, session.posargs or WHEEL_ARGS)
 
 
 @nox.session

@@ -1,12 +1,12 @@
-"""Workers whose clocks disagree share a rate limit exactly.
+"""Workers deciding on their own clocks (a store given ``clock=``) still share a limit.
 
-Two app instances (two `RateLimitMiddleware` stacks over two store objects on the same
-backend) have clocks 1 s or 0.25 s apart that straddle a window boundary, the case where a
-lagging worker used to take the leader's newer window for an empty bucket and start its own
-over it, so the two reset each other's counts and admitted every request. Requests alternate
-between the instances. A shared `MemoryStore` has one clock, so for memory the two clocks meet
-in the algorithm directly.
-"""
+By default a store decides on its own clock (`test_store_clock.py`); these tests cover stores
+given callers' clocks, as every test with a `FakeClock` does. Two app instances (two
+`RateLimitMiddleware` stacks over two store objects on the same backend) have clocks 1 s or
+0.25 s apart that straddle a window boundary, the case where a lagging worker used to take the
+leader's newer window for an empty bucket and start its own over it, so the two reset each
+other's counts and admitted every request. Requests alternate between the instances. A shared
+`MemoryStore` has one clock, so for memory the two clocks meet in the algorithm directly."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ store and against a plain dictionary model, and every answer must match the mode
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from bastion.stores import Claim
+from bastion.stores.sql import SQLStore
 from tests.conftest import FakeClock
-from tests.stores.conftest import STORES
+from tests.stores.conftest import SQL_STORES, STORES
 
 KEYS = st.sampled_from(["a", "b", "c"])
 FINGERPRINTS = st.sampled_from(["fp1", "fp2"])
@@ -34,24 +36,63 @@ class ModelRecord:
     response: bytes | None = None
 
 
+START = FakeClock().now
+"""Where every example's clock starts."""
+SQL_FACTORIES = [p.values[0] for p in SQL_STORES]
+
+
+class Backend:
+    """One backend for a whole test: an empty store on a clock at `START` for every example.
+
+    A SQL store keeps its tables for the test and has their rows deleted before each example:
+    creating and dropping three tables (and PostgreSQL's functions, MySQL's procedure) per
+    example cost more than the example's own steps. Other stores are built anew each time.
+    """
+
+    def __init__(
+        self, portal: BlockingPortal, factory: Any, clock: FakeClock, kept: SQLStore | None
+    ) -> None:
+        self.portal = portal
+        self.factory = factory
+        self.clock = clock
+        self.kept = kept
+        self.example: AbstractContextManager[Any] | None = None
+
+    def fresh(self) -> Any:
+        self.clock.now = START
+        if self.kept is not None:
+            self.portal.call(self._empty, self.kept)
+            return self.kept
+        self.example = self.portal.wrap_async_context_manager(self.factory(self.clock))
+        return self.example.__enter__()
+
+    def done(self) -> None:
+        if self.example is not None:
+            self.example.__exit__(None, None, None)
+            self.example = None
+
+    @staticmethod
+    async def _empty(store: SQLStore) -> None:
+        async with store.engine.begin() as conn:
+            for table in store.metadata.sorted_tables:
+                await conn.execute(table.delete())
+
+
 class StoreMachine(RuleBasedStateMachine):
     """Compares a store with a dictionary of records under a fake clock."""
 
-    factory: Any = None
+    backend: Backend
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = FakeClock()
+        self.clock = self.backend.clock
+        self.portal = self.backend.portal
         self.model: dict[str, ModelRecord] = {}
         self.tokens: list[str] = ["never-claimed"]
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
-        self.portal = self._portal_cm.__enter__()
-        self._store_cm = self.portal.wrap_async_context_manager(type(self).factory(self.clock))
-        self.store = self._store_cm.__enter__()
+        self.store = self.backend.fresh()
 
     def teardown(self) -> None:
-        self._store_cm.__exit__(None, None, None)
-        self._portal_cm.__exit__(None, None, None)
+        self.backend.done()
 
     def now(self) -> int:
         return int(self.clock() * 1000)
@@ -133,11 +174,16 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 @pytest.fixture(params=STORES)
-def machine(request: pytest.FixtureRequest) -> type[StoreMachine]:
-    """The state machine bound to one backend."""
-    return type(
-        f"StoreMachine_{request.node.callspec.id}", (StoreMachine,), {"factory": request.param}
-    )
+def machine(request: pytest.FixtureRequest) -> Iterator[type[StoreMachine]]:
+    """The state machine bound to one backend, with one portal (event loop) for the test."""
+    factory, clock = request.param, FakeClock(START)
+    with start_blocking_portal() as portal, ExitStack() as stack:
+        kept = None
+        if factory in SQL_FACTORIES:
+            kept = stack.enter_context(portal.wrap_async_context_manager(factory(clock)))
+        backend = Backend(portal, factory, clock, kept)
+        name = f"StoreMachine_{request.node.callspec.id}"
+        yield type(name, (StoreMachine,), {"backend": backend})
 
 
 def test_store_matches_model(machine: type[StoreMachine]) -> None:

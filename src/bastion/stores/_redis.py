@@ -5,15 +5,16 @@ costs exactly one round trip and is atomic on the server. A server that lost its
 (restart, failover, ``SCRIPT FLUSH``) answers NOSCRIPT; the store then sends the script itself
 with EVAL, which also caches it again, so no request ever fails for it.
 
-Times are computed from the injectable clock and passed to the scripts, never read from the
-server, so every process must share a reasonably synchronised wall clock (NTP). Keys still get a
-TTL in the same command that writes them, only so Redis frees what nobody asks for again.
+Every decision is made on the Redis server's clock (``TIME`` inside the script), so processes
+whose hosts' clocks disagree still decide a key on one clock: a window opens and a lease ends at
+the same instant for all of them. A store given a ``clock`` (tests inject one) passes that
+clock's time instead. Keys still get a TTL in the same command that writes them, only so Redis
+frees what nobody asks for again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -107,8 +108,12 @@ class RedisStore:
     middleware's fail-open or fail-closed policy answers without waiting; one call probes
     Redis again after the breaker's cool-down. ``CircuitBreaker(failures=0)`` turns it off.
 
-    Expiry is decided on the clock, and each key's Redis TTL outlives it by ``expiry_slack_ms``
-    so that processes whose clocks differ by less than that agree on what is still alive.
+    Windows, leases and expiry are decided on the Redis server's clock by default, the same for
+    every process. ``clock`` (seconds, like `time.time`) makes the store decide on the caller's
+    clock instead, as tests with a `FakeClock` do; processes whose clocks then differ by less
+    than ``expiry_slack_ms`` still agree on what is alive (each key's TTL outlives its deadline
+    by that much), but a fixed window may then admit up to twice its limit in one window of
+    real time when the clocks straddle its boundary (see ``docs/stores.md``).
 
     Keys start with ``prefix``. A rate-limit key carries a hash tag drawn from its principal
     (what the tier is keyed by: an address, an API key…), so the tiers of one client share a
@@ -126,7 +131,7 @@ class RedisStore:
         url: str | None = None,
         prefix: str = DEFAULT_PREFIX,
         hash_tag: str | None = None,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
@@ -218,8 +223,9 @@ class RedisStore:
         """The redis-py client underneath, for health checks and tooling."""
         return self._client
 
-    def _now(self) -> int:
-        return int(self._clock() * 1000)
+    def _now(self) -> int | str:
+        """The caller's time in ms, or "" for the scripts to read the server's (_clock.lua)."""
+        return "" if self._clock is None else int(self._clock() * 1000)
 
     def record_key(self, key: str) -> str:
         """The Redis key of an idempotency record; one key per script, so no hash tag."""

@@ -81,7 +81,8 @@ class _Script:
 
 @cache
 def _script(name: str) -> _Script:
-    source = resources.files("bastion.stores").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    lua = resources.files("bastion.stores").joinpath("lua")
+    source = "".join(lua.joinpath(f).read_text("utf-8") for f in ("_clock.lua", f"{name}.lua"))
     return _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

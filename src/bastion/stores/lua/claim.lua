@@ -1,7 +1,7 @@
 -- Take an idempotency key for a lease, or report the record that holds it. One round trip.
 --
 -- KEYS[1]  the record, a hash: f = fingerprint, t = fencing token, d = deadline (lease end while
---          in flight, expiry once complete; ms on the caller's clock), r = stored response
+--          in flight, expiry once complete; ms on the decision's clock), r = stored response
 --          (absent while in flight; any bytes).
 -- ARGV     fingerprint, token, lease_ms, now_ms, px (lease_ms plus the store's expiry slack)
 -- Returns  {1} when acquired (or already held by this very token: the store sends a claim
@@ -9,9 +9,9 @@
 --          lease_remaining_ms} while another request holds the lease; {0, fingerprint, 0,
 --          response} once a response is stored.
 --
--- Deadlines are judged against the caller's "now", so an injected clock works; the key's PX,
--- a little longer than the deadline, only lets Redis free what nobody asks for again.
-local now = tonumber(ARGV[4])
+-- Deadlines are judged on the decision's clock (_clock.lua: the server's TIME by default); the
+-- key's PX, a little longer than the deadline, only lets Redis free what nobody asks again.
+local now = clock_ms(ARGV[4])
 local record = redis.call('HMGET', KEYS[1], 'f', 'd', 'r', 't')
 if record[1] then
   local deadline = tonumber(record[2])

@@ -5,7 +5,7 @@
 -- Returns  1 when stored, or when this very response is already stored, live, by this token
 --          (the store sends it again when its connection broke, and the first may have
 --          run); 0 when the token no longer holds a live lease.
-local now = tonumber(ARGV[3])
+local now = clock_ms(ARGV[3])
 local record = redis.call('HMGET', KEYS[1], 't', 'd', 'r')
 if record[1] == ARGV[1] and record[3] == ARGV[5] and tonumber(record[2]) > now then
   return 1

@@ -5,7 +5,7 @@
 -- Returns  1 when every slot was taken, else 0, then the live holders of each key.
 -- Leases whose deadline has passed are dropped first: their holders are presumed dead.
 local token = ARGV[1]
-local now = tonumber(ARGV[3])
+local now = clock_ms(ARGV[3])
 local deadline = now + tonumber(ARGV[2])
 local counts = {}
 local acquired = 1

@@ -4,7 +4,7 @@
 -- ARGV     token, lease_ms, now_ms, expiry slack ms
 -- Returns  1 when the token still held a live lease on every key, 0 otherwise.
 local token = ARGV[1]
-local now = tonumber(ARGV[3])
+local now = clock_ms(ARGV[3])
 local deadline = now + tonumber(ARGV[2])
 local held = 1
 for _, key in ipairs(KEYS) do

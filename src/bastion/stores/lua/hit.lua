@@ -6,12 +6,12 @@
 -- intermediate value below 2^52, and idiv() corrects the rounding of the float division.
 --
 -- KEYS[i]  bucket i, a string "a b c" holding the algorithm's three-integer state
--- ARGV     now_ms, expiry slack ms, then four values per bucket: algorithm (f = fixed_window,
+-- ARGV     now_ms (empty: the server's TIME, see _clock.lua), expiry slack ms, then four values per bucket: algorithm (f = fixed_window,
 --          s = sliding_window, g = gcra), limit, window_ms, cost
 -- Returns  four integers per bucket: allowed (1/0), remaining, reset_ms, retry_after_ms.
 -- Buckets are written (SET ... PX, the TTL set with the value) only when every tier allows;
--- the TTL outlives the state by the slack, so a process whose clock lags a little behind still
--- finds it, and then decides as of the bucket's own time (see as_of).
+-- the TTL outlives the state by the slack, so a process given a clock (clock=) that lags a
+-- little behind still finds it, and then decides as of the bucket's own time (see as_of).
 
 local function idiv(a, b) -- floor(a / b), exact for |a|, b < 2^52
   local q = math.floor(a / b)
@@ -139,7 +139,7 @@ end
 
 local ALGORITHMS = {f = fixed_window, s = sliding_window, g = gcra}
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local slack = tonumber(ARGV[2])
 local reply, states, expiries = {}, {}, {}
 local all_allowed = true

@@ -3,7 +3,7 @@
 -- KEYS[1]  the record (see claim.lua)
 -- ARGV     token, lease_ms, now_ms, px (lease_ms plus the store's expiry slack)
 -- Returns  1 when the token still held a live lease, 0 otherwise.
-local now = tonumber(ARGV[3])
+local now = clock_ms(ARGV[3])
 local record = redis.call('HMGET', KEYS[1], 't', 'd', 'r')
 if record[1] ~= ARGV[1] or record[3] or tonumber(record[2]) <= now then
   return 0

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
-    CursorResult,
+    BigInteger,
     Delete,
     Executable,
     bindparam,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    literal_column,
     select,
     text,
     update,
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.exceptions import ConfigurationError
 from bastion.stores._protocols import RateLimitHit
-from bastion.stores.sql._functions import function_name
+from bastion.stores.sql._functions import CLOCK_MS, function_name
 from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
 __all__ = ["Dialect", "dialect_for"]
@@ -111,7 +112,6 @@ class Dialect:
                 expires_at=bindparam("b_until"),
             )
         )
-        self._lock_buckets: dict[int, Executable] = {}
         self.claim_stmt = self._claim()
 
     # -- values ---------------------------------------------------------------------------
@@ -169,33 +169,21 @@ class Dialect:
         taken = await conn.execute(self.take_over, params)
         return (True, None) if taken.rowcount == 1 else (False, None)
 
-    def _lock_stmt(self, count: int) -> Executable:
-        b = self.tables.buckets
-        insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
-        stmt = insert(b).values([_fresh_bucket(i) for i in range(count)])
-        # a no-op update on conflict still locks the row, and RETURNING hands back its state
-        return stmt.on_conflict_do_update(
-            index_elements=[b.c.key], set_={"state_0": b.c.state_0}
-        ).returning(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
-
-    async def _upsert_buckets(
-        self, conn: AsyncConnection, keys: Sequence[str | bytes]
-    ) -> CursorResult[Any]:
-        stmt = self._lock_buckets.get(len(keys))
-        if stmt is None:
-            stmt = self._lock_buckets[len(keys)] = self._lock_stmt(len(keys))
-        return await conn.execute(stmt, {f"k{i}": key for i, key in enumerate(keys)})
-
     async def lock_buckets(
         self, conn: AsyncConnection, keys: Sequence[str | bytes]
-    ) -> dict[Any, Row]:
+    ) -> tuple[dict[Any, Row], int]:
         """Create missing buckets and lock all of them, in ``keys`` order (sorted by the
-        caller, so two requests sharing buckets never wait on each other in a cycle)."""
-        result = await self._upsert_buckets(conn, keys)
-        return {row[0]: tuple(row[1:]) for row in result}
+        caller, so two requests sharing buckets never wait on each other in a cycle): their
+        rows by key, and the database's clock (ms) read once they are locked. Only where the
+        store decides in Python (not `decides_in_database`)."""
+        raise NotImplementedError
 
     async def decide(
-        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+        self,
+        conn: AsyncConnection,
+        hits: Sequence[RateLimitHit],
+        keys: Sequence[Any],
+        now: int | None,
     ) -> list[Decided]:
         """Every tier decided (and written when all allow) by one statement in the database:
         (allowed, remaining, reset ms, retry-after ms) per hit; only if `decides_in_database`."""
@@ -218,6 +206,9 @@ class Dialect:
         # the outer condition is re-checked on the latest row version, so a record taken over
         # between the subquery and the delete is kept
         return delete(table).where(table.c.key.in_(victims)).where(expired)
+
+
+_SQLITE_MS = literal_column(CLOCK_MS["sqlite"], BigInteger)
 
 
 def _fresh_bucket(i: int) -> dict[str, Any]:
@@ -260,7 +251,11 @@ class PostgreSQL(Dialect):
         return (True, None) if taken.rowcount == 1 else (False, None)
 
     async def decide(
-        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+        self,
+        conn: AsyncConnection,
+        hits: Sequence[RateLimitHit],
+        keys: Sequence[Any],
+        now: int | None,
     ) -> list[Decided]:
         params = {
             "p_keys": list(keys),
@@ -307,6 +302,29 @@ class SQLite(Dialect):
         held = (await conn.execute(self.claim_stmt, params)).one()
         return (True, None) if held[0] == params["p_token"] else (False, tuple(held))
 
+    def __init__(self, tables: SQLTables) -> None:
+        super().__init__(tables)
+        self._lock_statements: dict[int, Executable] = {}
+
+    def _lock_stmt(self, count: int) -> Executable:
+        b = self.tables.buckets
+        stmt = sqlite.insert(b).values([_fresh_bucket(i) for i in range(count)])
+        # a no-op update on conflict still locks the row (the transaction holds the write
+        # lock already), and RETURNING hands back its state and SQLite's clock, in ms
+        return stmt.on_conflict_do_update(
+            index_elements=[b.c.key], set_={"state_0": b.c.state_0}
+        ).returning(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at, _SQLITE_MS)
+
+    async def lock_buckets(
+        self, conn: AsyncConnection, keys: Sequence[str | bytes]
+    ) -> tuple[dict[Any, Row], int]:
+        stmt = self._lock_statements.get(len(keys))
+        if stmt is None:
+            stmt = self._lock_statements[len(keys)] = self._lock_stmt(len(keys))
+        result = await conn.execute(stmt, {f"k{i}": key for i, key in enumerate(keys)})
+        rows = result.all()
+        return {row[0]: tuple(row[1:5]) for row in rows}, int(rows[0][5])
+
     async def begin(self, conn: AsyncConnection) -> None:
         # SQLite has one writer at a time: take the write lock up front, so a transaction
         # never reads, then fails to upgrade with "database is locked" half way through. The
@@ -329,13 +347,6 @@ class MySQL(Dialect):
         # MariaDB 10.5+ returns the row an upsert met or made: a claim in one statement
         self._claim_returning = cast(mysql.Insert, self.claim_stmt).returning(
             r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at
-        )
-        b = tables.buckets
-        self._select_buckets = (
-            select(b.c.key, b.c.state_0, b.c.state_1, b.c.state_2, b.c.expires_at)
-            .where(b.c.key.in_(bindparam("keys", expanding=True)))
-            .order_by(b.c.key)
-            .with_for_update()
         )
         self._read_locked = self.read_record.with_for_update()
 
@@ -374,21 +385,12 @@ class MySQL(Dialect):
             return False, None
         return (True, None) if row[0] == params["p_token"] else (False, tuple(row))
 
-    def _lock_stmt(self, count: int) -> Executable:
-        b = self.tables.buckets
-        stmt = mysql.insert(b).values([_fresh_bucket(i) for i in range(count)])
-        # a no-op update on a duplicate still takes its exclusive row lock
-        return stmt.on_duplicate_key_update(state_0=b.c.state_0)
-
-    async def lock_buckets(
-        self, conn: AsyncConnection, keys: Sequence[str | bytes]
-    ) -> dict[Any, Row]:
-        await self._upsert_buckets(conn, keys)
-        result = await conn.execute(self._select_buckets, {"keys": list(keys)})
-        return {row[0]: tuple(row[1:]) for row in result}
-
     async def decide(
-        self, conn: AsyncConnection, hits: Sequence[RateLimitHit], keys: Sequence[Any], now: int
+        self,
+        conn: AsyncConnection,
+        hits: Sequence[RateLimitHit],
+        keys: Sequence[Any],
+        now: int | None,
     ) -> list[Decided]:
         tiers = [
             [key.hex(), ALGORITHM_CODES[one.algorithm], one.limit, one.window_ms, one.cost]

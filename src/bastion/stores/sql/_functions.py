@@ -17,9 +17,26 @@ from __future__ import annotations
 
 from bastion._core.algorithms import MAX_CLOCK_LEAD_MS
 
-__all__ = ["VERSION", "drop_ddl", "function_ddl", "function_name", "mysql_ddl", "mysql_drop_ddl"]
+__all__ = [
+    "CLOCK_MS",
+    "VERSION",
+    "drop_ddl",
+    "function_ddl",
+    "function_name",
+    "mysql_ddl",
+    "mysql_drop_ddl",
+]
 
-VERSION = 1
+VERSION = 2
+
+CLOCK_MS = {
+    "postgresql": "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    # UTC arithmetic, so no session time zone (or its DST hour) moves it
+    "mysql": "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000",
+    # 'now' is the host's clock, fixed within a statement
+    "sqlite": "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+}
+"""Each database's own clock in ms since the epoch, as an SQL expression."""
 
 _RETRY = """
 CREATE OR REPLACE FUNCTION {retry}(
@@ -59,7 +76,7 @@ DECLARE
   v_states bigint[] := '{{}}';
   v_all boolean := true;
   i int;
-  v_alg text; v_limit bigint; v_window bigint; v_cost bigint; v_now bigint;
+  v_alg text; v_limit bigint; v_window bigint; v_cost bigint; v_now bigint; v_clock bigint;
   s0 bigint; s1 bigint; s2 bigint; v_until bigint; v_has boolean; v_time bigint;
   v_start bigint; v_count bigint; v_previous bigint; v_elapsed bigint; v_left bigint;
   v_ok boolean; v_rem bigint; v_reset bigint; v_retry bigint;
@@ -70,9 +87,11 @@ BEGIN
   INSERT INTO {buckets} AS b (key, state_0, state_1, state_2, expires_at)
   SELECT k, 0, 0, 0, 0 FROM (SELECT DISTINCT unnest(p_keys) AS k) AS u ORDER BY k COLLATE "C"
   ON CONFLICT (key) DO UPDATE SET state_0 = b.state_0;
+  -- the database's clock unless the caller passed its own, read once the rows are locked
+  v_clock := coalesce(p_now, {clock});
   FOR i IN 1 .. v_n LOOP
     v_alg := p_algorithms[i]; v_limit := p_limits[i]; v_window := p_windows[i];
-    v_cost := p_costs[i]; v_now := p_now;
+    v_cost := p_costs[i]; v_now := v_clock;
     SELECT b.state_0, b.state_1, b.state_2, b.expires_at INTO s0, s1, s2, v_until
       FROM {buckets} AS b WHERE b.key = p_keys[i];
     v_has := v_until > v_now;
@@ -171,8 +190,9 @@ def function_name(prefix: str) -> str:
     return f"{prefix}hit_v{VERSION}"
 
 
-def _names(prefix: str) -> dict[str, object]:
+def _names(prefix: str, dialect: str = "postgresql") -> dict[str, object]:
     return {
+        "clock": CLOCK_MS[dialect],
         "hit": function_name(prefix),
         "retry": f"{prefix}sliding_retry_v{VERSION}",
         "buckets": f"{prefix}buckets",
@@ -238,7 +258,7 @@ BEGIN
   DECLARE v_key VARBINARY(255);
   DECLARE v_at VARCHAR(32);
   DECLARE v_alg VARCHAR(1);
-  DECLARE v_limit, v_window, v_cost, v_now, s0, s1, s2, v_until, v_time BIGINT;
+  DECLARE v_limit, v_window, v_cost, v_now, v_clock, s0, s1, s2, v_until, v_time BIGINT;
   DECLARE v_start, v_count, v_previous, v_elapsed, v_left, v_rem, v_reset, v_retry BIGINT;
   DECLARE v_backlog, v_capacity, v_wanted, v_tat, n0, n1, n2, v_expires BIGINT;
   DECLARE v_has, v_ok BOOLEAN;
@@ -254,6 +274,8 @@ BEGIN
       ON DUPLICATE KEY UPDATE state_0 = state_0;
     SET i = i + 1;
   END WHILE;
+  -- the database's clock unless the caller passed its own, read once the rows are locked
+  SET v_clock = COALESCE(p_now, {clock});
   SET i = 0;
   WHILE i < v_n DO
     SET v_at = CONCAT('$[', i, ']');
@@ -262,7 +284,7 @@ BEGIN
     SET v_limit = JSON_EXTRACT(p_hits, CONCAT(v_at, '[2]'));
     SET v_window = JSON_EXTRACT(p_hits, CONCAT(v_at, '[3]'));
     SET v_cost = JSON_EXTRACT(p_hits, CONCAT(v_at, '[4]'));
-    SET v_now = p_now;
+    SET v_now = v_clock;
     SELECT b.state_0, b.state_1, b.state_2, b.expires_at INTO s0, s1, s2, v_until
       FROM {buckets} AS b WHERE b.`key` = v_key;
     SET v_has = v_until > v_now;
@@ -363,7 +385,7 @@ def mysql_ddl(prefix: str) -> list[str]:
     (named like PostgreSQL's function). MySQL has no portable ``OR REPLACE``: installing over
     an existing one fails with error 1304, which the store treats as installed (the body of
     a version never changes)."""
-    names = _names(prefix)
+    names = _names(prefix, "mysql")
     return [_MYSQL_RETRY.format(**names).strip(), _MYSQL_HIT.format(**names).strip()]
 
 

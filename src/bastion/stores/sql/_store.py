@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Self, TypeVar
 
 import anyio
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, inspect, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
@@ -26,6 +26,7 @@ from bastion.stores._protocols import (
 from bastion.stores.sql._dialects import PING, Dialect, dialect_for
 from bastion.stores.sql._engine import build_engine
 from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
+from bastion.stores.sql._functions import CLOCK_MS
 from bastion.stores.sql._schema import DEFAULT_PREFIX, define_tables
 from bastion.stores.sql._slots import LOCK_TOKEN, SlotStatements
 from bastion.typing import Clock
@@ -35,6 +36,9 @@ __all__ = ["SQLStore"]
 T = TypeVar("T")
 
 _ATTEMPTS = 5
+CLOCK_SYNC_INTERVAL = 30.0
+"""Seconds between two measures of the database clock's offset (hosts' clocks drift by
+milliseconds a minute at worst, and each measure costs one statement)."""
 
 
 class SQLStore:
@@ -44,12 +48,15 @@ class SQLStore:
     for the statements per dialect. ``engine`` is your `AsyncEngine` (left open by `aclose`)
     or ``url`` builds one the store owns. The tables are ``<table_prefix>records`` and
     ``<table_prefix>buckets``, defined on ``metadata`` (yours, for Alembic) or a private one;
-    `create_tables` creates them for the simple path. ``clock`` returns seconds and is
-    injectable so tests never sleep: every process must share a synchronised clock, as lease
-    deadlines written by one are read by the others. ``breaker`` (a `CircuitBreaker`, one per
-    store by default) skips the database after consecutive failures, so each middleware's
-    fail-open or fail-closed answer comes at once while it is down; ``CircuitBreaker(
-    failures=0)`` turns it off.
+    `create_tables` creates them for the simple path. Everything is decided on the database's
+    clock, so processes whose hosts' clocks disagree still agree: rate-limit windows exactly
+    (the clock is read in the deciding statement, once the buckets are locked), lease, slot and
+    expiry deadlines to within a round trip (each process measures the database clock's
+    offset from its own every `CLOCK_SYNC_INTERVAL` seconds, in the statement that is due
+    next). ``clock`` (seconds) replaces the database's, as tests with a `FakeClock` do.
+    ``breaker`` (a `CircuitBreaker`, one per store by default) skips the database after
+    consecutive failures, so each middleware's fail-open or fail-closed answer comes at once
+    while it is down; ``CircuitBreaker(failures=0)`` turns it off.
     """
 
     backend = "sql"
@@ -60,7 +67,7 @@ class SQLStore:
         *,
         url: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         metadata: MetaData | None = None,
         engine_options: Mapping[str, Any] | None = None,
         breaker: CircuitBreaker | None = None,
@@ -95,7 +102,13 @@ class SQLStore:
         )
         # an in-memory SQLite database lives in one shared connection: take turns on it
         self._serial = anyio.Lock() if isinstance(engine.pool, StaticPool) else None
-        self._clock = clock
+        self._clock = time.time if clock is None else clock
+        self._on_database_clock = clock is None
+        self._read_clock = text(f"SELECT {CLOCK_MS[self._dialect.name]}")
+        self._offset_ms = 0
+        """The database's clock minus this host's, in ms (0 on a clock of the caller's)."""
+        self._offset_due = 0.0
+        """When (`time.monotonic`) the offset is measured again."""
         self.breaker = CircuitBreaker(name="sql store") if breaker is None else breaker
         """Skips the database after consecutive failures (see `CircuitBreaker`), so a dead
         database costs each request nothing once it is known to be down."""
@@ -108,7 +121,11 @@ class SQLStore:
         return cls(url=url, **options)
 
     def _now(self) -> int:
-        return int(self._clock() * 1000)
+        return int(self._clock() * 1000) + self._offset_ms
+
+    def _decision_now(self) -> int | None:
+        """The time a rate-limit decision is made at: None for the database's clock."""
+        return None if self._on_database_clock else self._now()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -152,6 +169,8 @@ class SQLStore:
         while True:
             try:
                 async with self._connect(transaction=not (single and self._autocommit)) as conn:
+                    if self._on_database_clock and time.monotonic() >= self._offset_due:
+                        await self._measure_offset(conn)
                     return await work(conn)
             except CAUGHT as exc:
                 attempt += 1
@@ -159,6 +178,15 @@ class SQLStore:
                     await anyio.sleep(backoff(attempt))
                     continue
                 raise wrap(exc, operation) from exc
+
+    async def _measure_offset(self, conn: AsyncConnection) -> None:
+        """The database clock's offset from this host's, taken as of the middle of the round
+        trip that read it (so within half a round trip)."""
+        before = time.time()
+        database_ms = int((await conn.execute(self._read_clock)).scalar_one())
+        after = time.time()
+        self._offset_ms = database_ms - round((before + after) * 500)
+        self._offset_due = time.monotonic() + CLOCK_SYNC_INTERVAL
 
     async def ping(self) -> None:
         async def work(conn: AsyncConnection) -> None:
@@ -343,8 +371,9 @@ class SQLStore:
         ordered = sorted(set(keys))
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
-            rows = await dialect.lock_buckets(conn, ordered)
-            now = self._now()  # read after the locks, so it never runs behind a writer's
+            rows, database_now = await dialect.lock_buckets(conn, ordered)
+            # read after the locks, so it never runs behind a writer's
+            now = database_now if self._on_database_clock else self._now()
             decisions: list[RateLimitDecision] = []
             writes: dict[Any, dict[str, Any]] = {}
             for one, key in zip(hits, keys, strict=True):
@@ -373,7 +402,7 @@ class SQLStore:
         dialect = self._dialect
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
-            now = self._now()
+            now = self._decision_now()
             try:
                 decided = await dialect.decide(conn, hits, keys, now)
             except sa_exc.DBAPIError as exc:
