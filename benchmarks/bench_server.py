@@ -7,7 +7,10 @@ this script picks, and loaded by Debian's ``wrk`` (``-t1 -c32``) with a Lua scri
 per request, so every request is a first run. Each variant gets a short warm-up load, then
 one bounded measured run; the server is stopped before the next variant starts. A request
 answered with anything but 2xx/3xx is reported (wrk counts them), and a variant with any is
-marked.
+marked. Each worker counts and times its garbage collections (`stacks.log_collections`) over
+its whole life (readiness probes, warm-up and run): the "GC" column sums both workers' young
+and full collections and gives the longest pause, so a per-request reference cycle, which
+in-process benchmarks barely see, shows as full collections the bare app does not have.
 
 Memory variants keep one store per worker process. The Redis variants (and their peer) need
 Redis at ``BASTION_BENCH_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``); every key
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import http.client
 import importlib.util
 import os
@@ -80,6 +84,9 @@ class Result:
     p50_us: float
     p99_us: float
     errors: int
+    gc: str = "-"
+    """Both workers' collections over the server's life: young (gen 0 + 1), full (gen 2),
+    and the longest pause in ms."""
 
 
 def _free_port() -> int:
@@ -92,11 +99,12 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _serve(name: str, port: int, tag: str) -> subprocess.Popen[bytes]:
+def _serve(name: str, port: int, tag: str, gc_log: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "BASTION_BENCH_VARIANT": name,
         "BASTION_BENCH_PREFIX": tag,
+        "BASTION_BENCH_GC_LOG": gc_log,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     if name == NO_HIREDIS:
@@ -218,14 +226,29 @@ def measure(name: str, index: int, tag: str, seconds: int, warmup: int) -> Resul
     except ImportError as exc:
         return f"{exc.name} is not installed (`python3 dev.py bench` installs the peers)"
     port = _free_port()
-    server = _serve(name, port, tag)
-    try:
-        if (why := _ready(server, port, f"{tag}-{index}")) is not None:
-            return why
-        _wrk(port, f"{tag}-{index}-warm", warmup)
-        return _wrk(port, f"{tag}-{index}-run", seconds)
-    finally:
-        _stop(server)
+    with tempfile.TemporaryDirectory(suffix="-gc") as gc_log:
+        server = _serve(name, port, tag, gc_log)
+        try:
+            if (why := _ready(server, port, f"{tag}-{index}")) is not None:
+                return why
+            _wrk(port, f"{tag}-{index}-warm", warmup)
+            result = _wrk(port, f"{tag}-{index}-run", seconds)
+        finally:
+            _stop(server)
+        return dataclasses.replace(result, gc=_collections(Path(gc_log)))
+
+
+def _collections(directory: Path) -> str:
+    """``young/full/longest ms`` summed over the workers' files of `stacks.log_collections`
+    (``0/0/0``: no worker collected at all)."""
+    lines = [f.read_text().split() for f in sorted(directory.glob("*.gc"))]
+    lines = [line for line in lines if len(line) == 5]
+    if not lines:
+        return "0/0/0"
+    young = sum(int(f[0]) + int(f[1]) for f in lines)
+    full = sum(int(f[2]) for f in lines)
+    longest = max(float(f[3]) for f in lines)
+    return f"{young}/{full}/{longest:.0f}"
 
 
 def report(results: dict[str, Result], seconds: int) -> None:
@@ -238,14 +261,14 @@ def report(results: dict[str, Result], seconds: int) -> None:
     )
     print(
         f"{'variant':<54} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'p99 ratio':>9} {'errors':>7}"
+        f" {'p99 ratio':>9} {'errors':>7} {'GC young/full/ms':>17}"
     )
     for name, r in results.items():
         ratio = f"{r.rps / base.rps:>6.2f}" if base else f"{'-':>6}"
         p99 = f"{r.p99_us / base.p99_us:>9.2f}" if base else f"{'-':>9}"
         print(
             f"{name:<54} {r.rps:>9,.0f} {ratio} {r.p50_us / 1000:>7.2f} {r.p99_us / 1000:>7.2f}"
-            f" {p99} {r.errors:>7}"
+            f" {p99} {r.errors:>7} {r.gc:>17}"
         )
     if base is None:
         return

@@ -362,10 +362,39 @@ async def prime(app: Any, variant: Variant) -> None:
 
 def server_app() -> Any:
     """The variant named by ``BASTION_BENCH_VARIANT``, for ``uvicorn --factory``; with
-    ``BASTION_BENCH_NO_HIREDIS`` set, redis-py cannot find hiredis and parses in Python."""
+    ``BASTION_BENCH_NO_HIREDIS`` set, redis-py cannot find hiredis and parses in Python; with
+    ``BASTION_BENCH_GC_LOG`` set (a directory), the worker reports its collections there
+    (`log_collections`)."""
     if os.environ.get("BASTION_BENCH_NO_HIREDIS"):
         import sys
 
         sys.modules["hiredis"] = None  # type: ignore[assignment]
+    if log := os.environ.get("BASTION_BENCH_GC_LOG"):
+        log_collections(log)
     app, _closers = build(os.environ["BASTION_BENCH_VARIANT"])
     return app
+
+
+def log_collections(directory: str) -> None:
+    """Count this process's collections by generation and time them; after each one, write
+    ``gen0 gen1 gen2 longest_ms total_ms`` to a file of this process's own in ``directory``
+    (written as they happen: a worker stopped by its supervisor may not run exit handlers)."""
+    import gc
+    import time
+
+    counts = [0, 0, 0]
+    pauses: list[float] = []
+    started = [0.0]
+    path = os.path.join(directory, f"{os.getpid()}.gc")
+
+    def timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        counts[info["generation"]] += 1
+        pauses.append(time.perf_counter() - started[0])
+        longest, total = max(pauses) * 1000, sum(pauses) * 1000
+        with open(path, "w") as file:
+            file.write(f"{counts[0]} {counts[1]} {counts[2]} {longest:.2f} {total:.2f}\n")
+
+    gc.callbacks.append(timer)

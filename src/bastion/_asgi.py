@@ -16,6 +16,7 @@ __all__ = [
     "header",
     "problem_json",
     "read_body",
+    "replay_message",
     "replay_receive",
     "send_problem",
 ]
@@ -66,6 +67,21 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def replay_message(message: Message, receive: Receive) -> Receive:
+    """A receive callable that hands ``message`` (already received) over once, then defers
+    to ``receive``."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return message
+        return await receive()
+
+    return replay
 
 
 def replay_receive(body: bytes, receive: Receive, *, more_body: bool = False) -> Receive:

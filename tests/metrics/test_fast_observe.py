@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bastion.metrics._middleware import _incrementer, _observer
+from bastion.metrics._direct import direct_record, incrementer, observer
 
 BUCKETS = (0.0, 1.0, 2.5, 100.0, 10_000.0)
 AMOUNTS = (0, 0.0, 0.5, 1, 1.0, 1.5, 2.5, 2.6, 99, 100, 101, 9_999.5, 10_000, 10_001, 1e12, -3)
@@ -32,7 +32,7 @@ def test_direct_observations_match_the_public_api() -> None:
         gauge = Gauge("g", "g", ("route",), registry=registry)
         children.append((histogram.labels("/a"), counter.labels("/a"), gauge.labels("/a")))
     (public_h, public_c, public_g), (direct_h, direct_c, direct_g) = children
-    observe, count, gauge_inc = _observer(direct_h), _incrementer(direct_c), _incrementer(direct_g)
+    observe, count, gauge_inc = observer(direct_h), incrementer(direct_c), incrementer(direct_g)
     for amount in AMOUNTS:
         public_h.observe(amount)
         observe(amount)
@@ -55,5 +55,51 @@ def test_an_unknown_child_falls_back_to_the_public_api() -> None:
         def inc(self, amount: float = 1) -> None: ...
 
     child = Child()
-    assert _observer(child) == child.observe
-    assert _incrementer(child) == child.inc
+    assert observer(child) == child.observe
+    assert incrementer(child) == child.inc
+
+
+def test_direct_record_matches_the_public_api() -> None:
+    """One request's count, sizes, duration and in-flight decrement written at once come out
+    as the eight public calls would write them."""
+    registries = CollectorRegistry(), CollectorRegistry()
+    children: list[tuple[Any, ...]] = []
+    for registry in registries:
+        counter = Counter("c", "c", ("route",), registry=registry)
+        sizes_in = Histogram("i", "i", ("route",), buckets=BUCKETS, registry=registry)
+        sizes_out = Histogram("o", "o", ("route",), buckets=BUCKETS, registry=registry)
+        durations = Histogram("d", "d", ("route",), buckets=(0.1, 1.0), registry=registry)
+        gauge = Gauge("g", "g", ("route",), registry=registry)
+        metrics = (counter, sizes_in, sizes_out, durations, gauge)
+        children.append(tuple(m.labels("/a") for m in metrics))
+    (count, public_in, public_out, public_d, public_g), direct = children
+    record = direct_record(*direct)
+    assert record is not None
+    for amount in AMOUNTS:
+        public_g.inc()
+        direct[4].inc()
+        count.inc()
+        public_in.observe(amount)
+        public_out.observe(amount * 2)
+        public_d.observe(amount / 100)
+        public_g.dec()
+        record(amount, amount * 2, amount / 100)
+    assert samples(registries[0]) == samples(registries[1])
+
+
+def test_direct_record_needs_plain_values() -> None:
+    """Children whose values are not single-process floats (another version, multiprocess
+    mode) get no direct record: they are observed one call at a time."""
+
+    class Child:
+        _value = object()
+
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "h", ("route",), buckets=BUCKETS, registry=registry)
+    child = histogram.labels("/a")
+    counter = Counter("c", "c", registry=registry)
+    gauge = Gauge("g", "g", registry=registry)
+    assert direct_record(counter, child, child, child, gauge) is not None
+    assert direct_record(Child(), child, child, child, gauge) is None
+    assert direct_record(counter, Child(), child, child, gauge) is None
+    assert direct_record(counter, child, child, child, Child()) is None

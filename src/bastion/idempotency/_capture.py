@@ -25,7 +25,8 @@ def _read_prefix(path: str, size: int) -> bytes:
 
 class ResponseCapture:
     """Wraps ``send`` (called as the object) and ``receive`` (the `receive` method) of one
-    keyed request.
+    keyed request; the request body the middleware read already is the first thing
+    ``receive`` hands the app (one wrapper for both jobs).
 
     ``overflow`` means the response cannot be stored: it outgrew ``limit``, or a file sent
     with ``http.response.pathsend`` could not be read.
@@ -42,14 +43,16 @@ class ResponseCapture:
         "inner",
         "limit",
         "overflow",
+        "pending",
         "send",
         "size",
         "status",
     )
 
-    def __init__(self, send: Send, receive: Receive, limit: int) -> None:
+    def __init__(self, send: Send, receive: Receive, limit: int, body: bytes | None = None) -> None:
         self.send = send
         self.inner = receive
+        self.pending = body
         self.limit = limit
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -96,6 +99,10 @@ class ResponseCapture:
     async def receive(self) -> Message:
         """The app's ``receive``: ``http.disconnect`` waits until the response has ended or
         can no longer be stored."""
+        body = self.pending
+        if body is not None:
+            self.pending = None
+            return {"type": "http.request", "body": body, "more_body": False}
         message = self.disconnect
         if message is None:
             message = await self.inner()

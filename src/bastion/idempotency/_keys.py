@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from bastion._asgi import header
 from bastion.typing import Scope
 
 __all__ = ["InvalidKey", "default_principal", "key_header", "parse_key", "scoped_key"]
@@ -18,6 +17,8 @@ CREDENTIAL_CACHE_SIZE = 1024
 the same credential on every request, and hashing it again each time cost a tenth of a keyed
 request's instructions. Only this process's memory ever holds it, as it holds the headers."""
 _CREDENTIALS: dict[bytes, str] = {}
+_PREFIXES: dict[str, bytes] = {}
+"""A principal's length-prefixed bytes in `scoped_key`, kept like `_CREDENTIALS`."""
 
 
 class InvalidKey(ValueError):
@@ -92,8 +93,16 @@ def default_principal(scope: Scope) -> str:
             identity = None
         if identity:
             return f"user:{identity}"
-    credential = header(scope, b"authorization") or header(scope, b"x-api-key")
+    authorization = api_key = None
+    for name, value in scope["headers"]:  # the first of each, in one pass
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    credential = authorization or api_key
     if credential:
+        credential = bytes(credential)
         principal = _CREDENTIALS.get(credential)
         if principal is None:
             if len(_CREDENTIALS) >= CREDENTIAL_CACHE_SIZE:
@@ -107,6 +116,10 @@ def default_principal(scope: Scope) -> str:
 
 def scoped_key(principal: str, key: str) -> str:
     """The store key: one tenant can never reach another tenant's record with the same key."""
-    scope = principal.encode("utf-8", "surrogatepass")
-    material = b"".join((len(scope).to_bytes(8, "big"), scope, key.encode()))
-    return hashlib.blake2b(material, digest_size=20).hexdigest()
+    prefix = _PREFIXES.get(principal)
+    if prefix is None:
+        if len(_PREFIXES) >= CREDENTIAL_CACHE_SIZE:
+            _PREFIXES.clear()
+        scope = principal.encode("utf-8", "surrogatepass")
+        prefix = _PREFIXES[principal] = len(scope).to_bytes(8, "big") + scope
+    return hashlib.blake2b(prefix + key.encode(), digest_size=20).hexdigest()

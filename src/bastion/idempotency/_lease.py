@@ -32,17 +32,19 @@ async def _renew_every(interval: float, renew: Renew) -> None:
 class _LoopLeases:
     """The requests of one middleware on one event loop, with the loop's single sweep timer."""
 
-    __slots__ = ("__weakref__", "interval", "loop", "running", "tasks", "timer")
+    __slots__ = ("__weakref__", "interval", "loop", "running", "sweeps", "tasks", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop = loop
         self.interval = interval
-        self.running: dict[object, tuple[float, Renew]] = {}
+        # holder -> (sweeps done when it was added, renew): no clock read per request
+        self.running: dict[object, tuple[int, Renew]] = {}
         self.tasks: dict[object, asyncio.Task[None]] = {}
         self.timer: asyncio.TimerHandle | None = None
+        self.sweeps = 0
 
     def add(self, holder: object, renew: Renew) -> None:
-        self.running[holder] = (self.loop.time(), renew)
+        self.running[holder] = (self.sweeps, renew)
         if self.timer is None:
             self.timer = self.loop.call_later(self.interval, self._sweep)
 
@@ -54,9 +56,11 @@ class _LoopLeases:
 
     def _sweep(self) -> None:
         self.timer = None
-        due = self.loop.time() - self.interval
-        for holder, (started, renew) in list(self.running.items()):
-            if started <= due and holder not in self.tasks:
+        # due: added before the previous sweep (or before this timer started a series)
+        due = self.sweeps - 1
+        self.sweeps += 1
+        for holder, (added, renew) in list(self.running.items()):
+            if added <= due and holder not in self.tasks:
                 self.tasks[holder] = self.loop.create_task(self._keep(holder, renew))
         if self.running:
             self.timer = self.loop.call_later(self.interval, self._sweep)

@@ -11,7 +11,7 @@ from bastion._asgi import (
     BodyTooLarge,
     ClientDisconnected,
     read_body,
-    replay_receive,
+    replay_message,
     send_problem,
 )
 from bastion._paths import normal_method, normal_path
@@ -83,6 +83,7 @@ class IdempotencyMiddleware:
         self._methods = settings.methods
         self._max_key = settings.max_key_length
         self._max_request = settings.max_request_bytes
+        self._max_response = settings.max_response_bytes
         self._filtered = self._include is not None or self._exclude is not None
         # optional tracing hooks (bastion.observe): absent, they cost nothing per request
         self._span_context = getattr(observer, "span_context", None)
@@ -127,9 +128,15 @@ class IdempotencyMiddleware:
         await send_problem(send, status, slug, title, detail, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or normal_method(scope["method"]) not in self._methods:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method not in self._methods:
+            method = normal_method(method)
+            if method not in self._methods:
+                await self.app(scope, receive, send)
+                return
         path = normal_path(scope["path"])
         if self._filtered and not self._applies(path):
             await self.app(scope, receive, send)
@@ -163,7 +170,13 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(receive, self._max_request)
+            message = await receive()  # the usual body comes whole: no loop, no chunks
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > self._max_request:
+                    raise BodyTooLarge
+            else:
+                body = await read_body(replay_message(message, receive), self._max_request)
         except ClientDisconnected:
             return
         except BodyTooLarge:
@@ -177,4 +190,4 @@ class IdempotencyMiddleware:
                 f"Idempotent requests are limited to {self.settings.max_request_bytes} bytes.",
             )
             return
-        await KeyedRequest(self, scope, key, body, send).run(replay_receive(body, receive))
+        await KeyedRequest(self, scope, key, body, send, method, path).run(receive)

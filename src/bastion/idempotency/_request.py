@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
-from bastion._asgi import (
-    ANSWERED_SCOPE_KEY,
-)
+from bastion._asgi import ANSWERED_SCOPE_KEY, replay_receive
 from bastion._core.records import StoredResponse, encode_response
 from bastion._logging import ThrottledLogger
 from bastion.exceptions import StoreCapacityError, StoreError
@@ -30,7 +28,7 @@ from bastion.idempotency._decision import (
     store_failed,
     waits,
 )
-from bastion.idempotency._fingerprint import fingerprint
+from bastion.idempotency._fingerprint import normal_fingerprint
 from bastion.idempotency._keys import (
     scoped_key,
 )
@@ -93,19 +91,25 @@ def _failure(action: str, exc: BaseException) -> str:
 class KeyedRequest(IdempotencyContext):
     """The life of one keyed request: claim, then replay, refuse, or run and store."""
 
-    __slots__ = ("mw", "scope", "send")
+    __slots__ = ("body", "mw", "scope", "send")
 
     def __init__(
-        self, mw: IdempotencyMiddleware, scope: Scope, key: str, body: bytes, send: Send
+        self,
+        mw: IdempotencyMiddleware,
+        scope: Scope,
+        key: str,
+        body: bytes,
+        send: Send,
+        method: str,
+        path: str,
     ) -> None:
         # the request is its own handler context: one object per request, not two
         self.mw = mw
         self.scope = scope
         self.send = send
+        self.body = body
         self.key = scoped_key(mw.principal(scope) or "", key)
-        self.fingerprint = fingerprint(
-            scope["method"], scope["path"], scope.get("query_string", b""), body
-        )
+        self.fingerprint = normal_fingerprint(method, path, scope.get("query_string", b""), body)
         self.token = new_token()
         self.store = mw.store
         self.settings = mw.settings
@@ -146,17 +150,19 @@ class KeyedRequest(IdempotencyContext):
             raise
 
     async def run(self, receive: Receive) -> None:
+        """Claim the key, then run, replay or refuse; ``receive`` is the server's, the body
+        already read from it is handed to the app first."""
         mw, scope = self.mw, self.scope
         try:
             if mw._bare_claims:
-                claim = _checked(
-                    await mw.store.claim(
-                        self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms
-                    )
+                claim = await mw.store.claim(
+                    self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms
                 )
+                if type(claim) is not Claim or claim[0] is not True:  # the common answer
+                    claim = _checked(claim)
             else:
                 claim = _checked(await self._first_claim())
-            if waits(claim, self.fingerprint, mw.settings):
+            if not claim[0] and waits(claim, self.fingerprint, mw.settings):
                 claim = await self._wait(claim)
         except StoreCapacityError:
             # never run unprotected, even failing open: the store is full of running requests
@@ -178,7 +184,7 @@ class KeyedRequest(IdempotencyContext):
             await self._unprotected(receive)
             return
         # decided outside the store's failure policy: a record that cannot be read ran already
-        decision = decide(claim, self.fingerprint, mw.settings)
+        decision = RUN if claim[0] is True else decide(claim, self.fingerprint, mw.settings)
         if decision is RUN:
             if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
                 await self._give_back()
@@ -247,7 +253,7 @@ class KeyedRequest(IdempotencyContext):
             if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
                 return
             mw.observer.idempotency(scope, "store_error")
-            await mw.app(scope, receive, self.send)
+            await mw.app(scope, replay_receive(self.body, receive), self.send)
             return
         await mw._refuse(
             scope,
@@ -295,7 +301,7 @@ class KeyedRequest(IdempotencyContext):
         mw = self.mw
         # the body is read: from here the handler runs to completion whatever the client
         # does, so the capture hides its departure while the response can still be stored
-        capture = ResponseCapture(self.send, receive, mw.settings.max_response_bytes)
+        capture = ResponseCapture(self.send, receive, mw._max_response, self.body)
         hidden = capture.receive
         self.scope[SCOPE_KEY] = self
         if mw._claimed is not None:
@@ -326,6 +332,11 @@ class KeyedRequest(IdempotencyContext):
             with anyio.CancelScope(shield=True):
                 await self._finish(capture)
             raise
+        finally:
+            # the scope and this request refer to each other: a cycle only the collector would
+            # free, so every request would leave garbage behind (long pauses under load)
+            if self.scope.get(SCOPE_KEY) is self:
+                del self.scope[SCOPE_KEY]
         if error is not None:
             # a response already sent in full (the app raised afterwards, in a background
             # task) is kept: the handler ran, and a retry must not run it again

@@ -28,6 +28,12 @@ import anyio
 from bastion._asgi import ANSWERED_SCOPE_KEY, send_problem
 from bastion._logging import ThrottledLogger
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.ratelimit._answers import (
+    all_allowed,
+    send_denied,
+    send_quota_exceeded,
+    send_unavailable,
+)
 from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, policy_item, rate_fields, seconds
 from bastion.ratelimit.costs import BodyNotMeasurable, InvalidCost
 from bastion.ratelimit.keys import RequestView
@@ -129,10 +135,7 @@ class Featured:
     """The longer path, bound to one middleware (its store, settings and observer)."""
 
     def __init__(self, mw: RateLimitMiddleware) -> None:
-        from bastion.ratelimit import _middleware
-
         self.mw = mw
-        self._check = _middleware._all_allowed
         self._lease_ms = mw.settings.concurrency_lease * 1000
         self._leases = LeaseRegistry(mw.settings.concurrency_lease / 3)
         self._busy_after = b"%d" % mw.settings.concurrency_retry_after
@@ -303,7 +306,7 @@ class Featured:
         if self.mw._headers and real:
             policy = b", ".join([s.policy for s in real])
             fields += rate_fields(policy, [s.item() for s in real], legacy=self.mw._legacy)
-        await _quota_exceeded(send, names, after, fields)
+        await send_quota_exceeded(send, names, after, fields)
         raise _Answered
 
     async def _run_holding(
@@ -341,7 +344,7 @@ class Featured:
     async def _hit(self, entries: list[_Entry]) -> None:
         hits = [hit for entry in entries for hit in entry.hits()]
         decisions = await self.mw.store.hit(hits)
-        self._check(decisions, len(hits))
+        all_allowed(decisions, len(hits))
         at = 0
         for entry in entries:
             at = entry.take(decisions, at)
@@ -369,20 +372,17 @@ class Featured:
     async def _deny(
         self, scope: Scope, send: Send, entries: list[_Entry], refused: list[_Entry]
     ) -> None:
-        retry_after = 1
-        items: list[LimitItem] = []
-        for entry in refused:
-            decision = entry.decision
-            assert decision is not None
-            wait = max(1, seconds(decision.retry_after_ms))
-            retry_after = max(retry_after, wait)
-            items.append((decision.remaining, wait, entry.tier.limit_prefix, entry.limit))
-        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        fields = [(RETRY_AFTER, b"%d" % retry_after)]
-        if self.mw._headers:
-            policy = b", ".join([e.policy for e in entries if not e.tier.shadow])
-            fields += rate_fields(policy, items, legacy=self.mw._legacy)
-        await _quota_exceeded(send, [e.tier.name for e in refused], retry_after, fields)
+        refusals = [
+            (e.tier.name, e.tier.limit_prefix, e.limit, e.decision)
+            for e in refused
+            if e.decision is not None
+        ]
+        policy = (
+            b", ".join([e.policy for e in entries if not e.tier.shadow])
+            if self.mw._headers
+            else None
+        )
+        await send_denied(scope, send, refusals, policy, legacy=self.mw._legacy)
         raise _Answered
 
     # -- the response -----------------------------------------------------------------------
@@ -425,7 +425,7 @@ class Featured:
         bucket is exhausted already."""
         try:
             decisions = await self.mw.store.hit([entry.hit])
-            self._check(decisions, 1)
+            all_allowed(decisions, 1)
         except Exception as exc:
             failures.warning(f"rate-limit store failed to charge a response ({type(exc).__name__})")
             if self.mw._observe:
@@ -459,15 +459,7 @@ class Featured:
             closed = closed or (not tier.fail_open and not tier.shadow)
         if not closed:
             return
-        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        await send_problem(
-            send,
-            503,
-            "rate-limit-store-unavailable",
-            "Rate limit store unavailable",
-            "The request was not run because its rate limits could not be checked.",
-            headers=[(RETRY_AFTER, self.mw._unavailable_after)],
-        )
+        await send_unavailable(scope, send, self.mw._unavailable_after)
         raise _Answered
 
     async def _bad_cost(self, scope: Scope, send: Send, exc: InvalidCost) -> None:
@@ -479,11 +471,3 @@ class Featured:
         else:
             await send_problem(send, 400, "invalid-cost", "Invalid request cost", str(exc))
         raise _Answered
-
-
-async def _quota_exceeded(
-    send: Send, names: list[str], retry_after: int, fields: list[tuple[bytes, bytes]]
-) -> None:
-    from bastion.ratelimit._middleware import send_quota_exceeded
-
-    await send_quota_exceeded(send, names, retry_after, fields)

@@ -21,17 +21,15 @@ is charged afterwards, as it would have been before, so the tiers still count it
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bastion._asgi import ANSWERED_SCOPE_KEY, send_problem
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
 from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
 from bastion.observe import timed
-from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, rate_fields
 from bastion.ratelimit.keys import RequestView
-from bastion.stores._protocols import RateLimitDecision, RateLimitHit
 from bastion.typing import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -91,7 +89,7 @@ class Gate:
         self.group = group
         self.tiers = tiers
         self.settled = False
-        self.fields: list[tuple[bytes, bytes]] = []
+        self.fields: Sequence[tuple[bytes, bytes]] = ()
         self.wrapped: Send = send
         self.release: Any = None
         # another limiter outside this one left its gate: settle it first
@@ -122,23 +120,23 @@ class Gate:
             return False
         if not self.tiers:
             return True
+        mw = self.mw
         if self.group.featured:
-            admitted = await self.mw._featured.admit(self.scope, self.send, self.view, self.tiers)
+            admitted = await mw._featured.admit(self.scope, self.send, self.view, self.tiers)
             if admitted is None:
                 return False
             self.wrapped, held, token = admitted
             if held:
-                self.release = self.mw._featured.keep_slots(held, token)
+                self.release = mw._featured.keep_slots(held, token)
             return True
-        hits: list[RateLimitHit] = []
-        tiers: list[_Tier] = []
-        for tier in self.tiers:
-            key = tier.key(self.view)
-            if key is not None:
-                hit = tier.hits.get(key)
-                hits.append(tier.hit(key) if hit is None else hit)
-                tiers.append(tier)
-        return not hits or await self._decide(tiers, hits)
+        hits, tiers = mw._hits(self.view, self.tiers)
+        if not hits:
+            return True
+        fields = await mw._decide(self.scope, self.send, tiers, hits, self.group)
+        if fields is None:
+            return False
+        self.fields = fields
+        return True
 
     async def answered(self) -> bool:
         self.settled = True
@@ -151,67 +149,14 @@ class Gate:
         if key is None:
             return True
         hit = tier.hits.get(key)
-        return await self._decide([tier], [tier.hit(key) if hit is None else hit], tier.shadow)
-
-    # -- deciding ------------------------------------------------------------------------------
-
-    async def _decide(
-        self, tiers: list[_Tier], hits: list[RateLimitHit], shadow: bool = False
-    ) -> bool:
-        """The short path's decision for ``hits``: True to go on (with the fields to send).
-        ``shadow`` (the replay tier in global shadow mode): decided and counted, never sent."""
-        mw, scope = self.mw, self.scope
-        try:
-            decisions: list[RateLimitDecision] = await timed(
-                mw.observer, mw._backend, "hit", mw.store.hit(hits)
-            )
-            allowed = mw._check(decisions, len(hits))
-        except Exception as exc:
-            failures.warning(f"rate-limit store failed ({type(exc).__name__})")
-            return await self._store_failed(tiers)
-        if shadow:
-            if not allowed:
-                logger.info("shadow tier %s would limit key %s", tiers[0].name, hits[0].key)
-            if mw._observe:
-                mw.observer.rate_limit(
-                    scope, tiers[0].name, "allowed" if allowed else "would_limit"
-                )
-            return True
-        if mw._observe:
-            for tier, decision in zip(tiers, decisions, strict=True):
-                mw.observer.rate_limit(
-                    scope, tier.name, "allowed" if decision.allowed else "limited"
-                )
-        if not allowed:
-            await mw._deny(scope, self.send, tiers, decisions)
+        hits = [tier.hit(key) if hit is None else hit]
+        fields = await self.mw._decide(self.scope, self.send, [tier], hits, shadow=tier.shadow)
+        if fields is None:
             return False
-        if mw._headers:
-            policy = b", ".join([tier.policy for tier in tiers])
-            items: list[LimitItem] = [
-                (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)  # `seconds`
-                for t, d in zip(tiers, decisions, strict=True)
-            ]
-            self.fields = rate_fields(policy, items, legacy=mw._legacy)
+        self.fields = fields
         return True
 
-    async def _store_failed(self, tiers: list[_Tier]) -> bool:
-        mw, scope = self.mw, self.scope
-        closed = False
-        for tier in tiers:
-            mw.observer.rate_limit(scope, tier.name, "store_error")
-            closed = closed or not tier.fail_open
-        if not closed:
-            return True
-        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        await send_problem(
-            self.send,
-            503,
-            "rate-limit-store-unavailable",
-            "Rate limit store unavailable",
-            "The request was not run because its rate limits could not be checked.",
-            headers=[(RETRY_AFTER, mw._unavailable_after)],
-        )
-        return False
+    # -- deciding ------------------------------------------------------------------------------
 
     async def _late_charge(self) -> None:
         """Something between the limiter and the idempotency layer answered the request: it

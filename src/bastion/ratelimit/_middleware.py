@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from bastion._asgi import (
-    ANSWERED_SCOPE_KEY,
-    ClientDisconnected,
-    header,
-    replay_receive,
-    send_problem,
-)
+from bastion._asgi import ClientDisconnected, header, replay_receive
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
-from bastion.exceptions import ConfigurationError, StoreError
+from bastion.exceptions import ConfigurationError
 from bastion.observe import NULL_OBSERVER, Observer, timed
+from bastion.ratelimit._answers import QUOTA_EXCEEDED, all_allowed, send_denied, send_unavailable
 from bastion.ratelimit._featured import Featured
 from bastion.ratelimit._gate import Gate, idempotency_inside
 from bastion.ratelimit._headers import (
-    RETRY_AFTER,
     LimitItem,
     limit_prefix,
     policy_item,
     rate_fields,
-    seconds,
 )
 from bastion.ratelimit._proxies import AddressResolver
 from bastion.ratelimit._settings import RateLimitSettings
@@ -31,7 +25,6 @@ from bastion.ratelimit._tiers import Tier, compile_routes
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import (
     ConcurrencyStore,
-    RateLimitDecision,
     RateLimitHit,
     RateLimitStore,
     TierValidatingStore,
@@ -46,8 +39,8 @@ store_failures = ThrottledLogger(logger)
 HIT_CACHE_SIZE = 4096
 """Hits kept per tier for keys seen recently; the cache is emptied whenever it fills."""
 
-QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-"""The problem type the rate-limit headers draft registers for a 429."""
+Fields = Sequence[tuple[bytes, bytes]]
+NO_FIELDS: Fields = ()
 
 
 class _Tier:
@@ -198,8 +191,6 @@ class RateLimitMiddleware:
         )
         tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
         self._featured = Featured(self)
-        # for the gate, which cannot import this module at its top (this one imports it)
-        self._check = _all_allowed
         # keyed requests an idempotency layer inside decides are charged once it has decided
         self._idempotency = idempotency_inside(app)
         replay = settings.replay_tier
@@ -252,47 +243,16 @@ class RateLimitMiddleware:
         if group.featured:
             await self._featured(scope, receive, send, view, applicable)
             return
-        hits: list[RateLimitHit] = []
-        tiers: list[_Tier] = []
-        for tier in applicable:
-            key = tier.key(view)
-            if key is not None:
-                hit = tier.hits.get(key)
-                hits.append(tier.hit(key) if hit is None else hit)
-                tiers.append(tier)
+        hits, tiers = self._hits(view, applicable)
         if not hits:
             await self.app(scope, receive, send)
             return
-        store = self.store
-        try:
-            decisions = await timed(self.observer, self._backend, "hit", store.hit(hits))
-            allowed = _all_allowed(decisions, len(hits))
-        except Exception as exc:
-            # a limiter must never be the reason for a 500: every store fault is a store error
-            store_failures.warning(f"rate-limit store failed ({type(exc).__name__})")
-            await self._store_failed(scope, receive, send, tiers)
+        fields = await self._decide(scope, send, tiers, hits, group)
+        if fields is None:
             return
-        if self._observe:
-            for tier, decision in zip(tiers, decisions, strict=True):
-                self.observer.rate_limit(
-                    scope, tier.name, "allowed" if decision.allowed else "limited"
-                )
-        if not allowed:
-            await self._deny(scope, send, tiers, decisions)
-            return
-        if not self._headers:
+        if not fields:
             await self.app(scope, receive, send)
             return
-        policy = (
-            group.policy
-            if len(tiers) == len(group.tiers)
-            else b", ".join([tier.policy for tier in tiers])
-        )
-        items: list[LimitItem] = [
-            (d.remaining, seconds(d.reset_ms), t.limit_prefix, t.limit)
-            for t, d in zip(tiers, decisions)  # noqa: B905 - equal lengths by the store contract
-        ]
-        fields = rate_fields(policy, items, legacy=self._legacy)
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -301,97 +261,89 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_fields)
 
-    async def _deny(
-        self, scope: Scope, send: Send, tiers: list[_Tier], decisions: list[RateLimitDecision]
-    ) -> None:
-        """429: ``Retry-After`` is the longest wait among the denying tiers, never shorter
-        than any of their ``t``, so a client that obeys it is not turned away again by them."""
-        names: list[str] = []
-        items: list[LimitItem] = []
-        retry_after = 1
-        for tier, decision in zip(tiers, decisions, strict=True):
-            if not decision.allowed:
-                wait = max(1, seconds(decision.retry_after_ms))
-                retry_after = max(retry_after, wait)
-                names.append(tier.name)
-                items.append((decision.remaining, wait, tier.limit_prefix, tier.limit))
-        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        fields = [(RETRY_AFTER, b"%d" % retry_after)]
-        if self._headers:
-            policy = b", ".join([tier.policy for tier in tiers])
-            fields += rate_fields(policy, items, legacy=self._legacy)
-        await send_problem(
-            send,
-            429,
-            "quota-exceeded",
-            "Request cannot be satisfied as assigned quota has been exceeded",
-            f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
-            headers=fields,
-            extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
-        )
+    def _hits(
+        self, view: RequestView, tiers: list[_Tier]
+    ) -> tuple[list[RateLimitHit], list[_Tier]]:
+        """The hit of each tier that finds a key for the request, and those tiers."""
+        hits: list[RateLimitHit] = []
+        keyed: list[_Tier] = []
+        for tier in tiers:
+            key = tier.key(view)
+            if key is not None:
+                hit = tier.hits.get(key)
+                hits.append(tier.hit(key) if hit is None else hit)
+                keyed.append(tier)
+        return hits, keyed
 
-    async def _store_failed(
-        self, scope: Scope, receive: Receive, send: Send, tiers: list[_Tier]
-    ) -> None:
-        """Fail open (no fields: nothing is known) unless a tier says to fail closed."""
+    async def _decide(
+        self,
+        scope: Scope,
+        send: Send,
+        tiers: list[_Tier],
+        hits: list[RateLimitHit],
+        group: _Group | None = None,
+        *,
+        shadow: bool = False,
+    ) -> Fields | None:
+        """Charge ``hits`` (one per tier of ``tiers``) in one store call, all or nothing.
+
+        The fields to send when the request goes on (none when the store failed open or
+        fields are off), None when it was answered: 429, or 503 for a tier failing closed.
+        ``group`` lends its policy field when every tier of it applies. ``shadow`` (the
+        replay tier in global shadow mode): decided and counted, never refused."""
+        try:
+            decisions = await timed(self.observer, self._backend, "hit", self.store.hit(hits))
+            allowed = all_allowed(decisions, len(hits))
+        except Exception as exc:
+            # a limiter must never be the reason for a 500: every store fault is a store error
+            store_failures.warning(f"rate-limit store failed ({type(exc).__name__})")
+            return NO_FIELDS if await self._failed(scope, send, tiers) else None
+        if shadow:
+            if not allowed:
+                logger.info("shadow tier %s would limit key %s", tiers[0].name, hits[0].key)
+            if self._observe:
+                self.observer.rate_limit(
+                    scope, tiers[0].name, "allowed" if allowed else "would_limit"
+                )
+            return NO_FIELDS
+        if self._observe:
+            for tier, decision in zip(tiers, decisions, strict=True):
+                self.observer.rate_limit(
+                    scope, tier.name, "allowed" if decision.allowed else "limited"
+                )
+        if not allowed:
+            refused = [
+                (t.name, t.limit_prefix, t.limit, d)
+                for t, d in zip(tiers, decisions, strict=True)
+                if not d.allowed
+            ]
+            policy = b", ".join([t.policy for t in tiers]) if self._headers else None
+            await send_denied(scope, send, refused, policy, legacy=self._legacy)
+            return None
+        if not self._headers:
+            return NO_FIELDS
+        policy = (
+            group.policy
+            if group is not None and len(tiers) == len(group.tiers)
+            else b", ".join([tier.policy for tier in tiers])
+        )
+        items: list[LimitItem] = [
+            (d.remaining, -(-d.reset_ms // 1000), t.limit_prefix, t.limit)  # `seconds`, inline
+            for t, d in zip(tiers, decisions)  # noqa: B905 - equal lengths by the store contract
+        ]
+        return rate_fields(policy, items, legacy=self._legacy)
+
+    async def _failed(self, scope: Scope, send: Send, tiers: list[_Tier]) -> bool:
+        """The store failed: True to go on without fields (nothing is known), unless a tier
+        fails closed: then 503 is sent, and False."""
         closed = False
         for tier in tiers:
             self.observer.rate_limit(scope, tier.name, "store_error")
             closed = closed or not tier.fail_open
         if not closed:
-            await self.app(scope, receive, send)
-            return
-        scope[ANSWERED_SCOPE_KEY] = "ratelimit"
-        await send_problem(
-            send,
-            503,
-            "rate-limit-store-unavailable",
-            "Rate limit store unavailable",
-            "The request was not run because its rate limits could not be checked.",
-            headers=[(RETRY_AFTER, self._unavailable_after)],
-        )
-
-
-async def send_quota_exceeded(
-    send: Send, names: list[str], retry_after: int, fields: list[tuple[bytes, bytes]]
-) -> None:
-    """The 429 of the longer path (`bastion.ratelimit._featured`), the same as `_deny`'s."""
-    await send_problem(
-        send,
-        429,
-        "quota-exceeded",
-        "Request cannot be satisfied as assigned quota has been exceeded",
-        f"Quota exceeded for {', '.join(names)}; retry in {retry_after} seconds.",
-        headers=fields,
-        extra={"type": QUOTA_EXCEEDED, "violated-policies": names},
-    )
-
-
-def _all_allowed(decisions: object, count: int) -> bool:
-    """Whether every decision allows the request; `StoreError` unless the store answered one
-    `RateLimitDecision` of integers per hit, so that a store's bug gets the store-failure
-    policy instead of a 500 (or a 429 built from a missing tier's numbers)."""
-    if type(decisions) is not list and not isinstance(decisions, list | tuple):
-        raise StoreError(f"the store answered hits with a {type(decisions).__name__}")
-    if len(decisions) != count:
-        raise StoreError(f"the store answered {len(decisions)} decisions to {count} hits")
-    allowed = True
-    for decision in decisions:
-        if type(decision) is not RateLimitDecision and not isinstance(decision, RateLimitDecision):
-            raise StoreError(f"the store answered a hit with a {type(decision).__name__}")
-        ok, _, remaining, reset_ms, retry_after_ms = decision
-        if type(ok) is not bool or not (
-            (type(remaining) is int and type(reset_ms) is int and type(retry_after_ms) is int)
-            or (
-                isinstance(remaining, int)
-                and isinstance(reset_ms, int)
-                and isinstance(retry_after_ms, int)
-            )
-        ):
-            raise StoreError("the store answered a hit with a malformed RateLimitDecision")
-        if not ok:
-            allowed = False
-    return allowed
+            return True
+        await send_unavailable(scope, send, self._unavailable_after)
+        return False
 
 
 async def _buffer(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

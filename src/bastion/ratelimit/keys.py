@@ -221,21 +221,38 @@ class _Chained:
 
 
 class _Header(_Chained):
-    __slots__ = ("credentials", "hashed", "name")
+    __slots__ = ("credentials", "hashed", "keys", "name")
 
     def __init__(self, name: str, hashed: bool, fallback: KeyExtractor | None) -> None:
         super().__init__(f"hdr:{name.lower()}=", fallback, needs_body=False)
         self.name = name.lower().encode("latin-1")
         self.hashed = hashed
         self.credentials = name.lower() in _AUTHORIZATION
+        # raw value -> key ("" for none): a client sends the same value on every request,
+        # so its key costs one lookup (bounded like `_DIGESTS`, and for the same reason)
+        self.keys: dict[bytes, str] = {}
 
-    def find(self, request: RequestView) -> str | None:
-        raw = request.header(self.name)
-        return None if raw is None else raw.decode("latin-1")
+    def __call__(self, request: RequestView) -> str | None:
+        raw = _header(request.scope, self.name)
+        if raw is not None:
+            key = self.keys.get(raw)
+            if key is None:
+                if len(self.keys) >= _DIGEST_CACHE_SIZE:
+                    self.keys.clear()
+                value = self._normalised(raw)
+                key = self.keys[raw] = self.prefix + _safe(value) if value else ""
+            if key:
+                return key
+        fallback = self.fallback
+        return None if fallback is None else fallback(request)
 
     def value(self, request: RequestView) -> str | None:
+        raw = request.header(self.name)
+        return None if raw is None else self._normalised(raw)
+
+    def _normalised(self, raw: bytes) -> str | None:
         # normalised before hashing, or two spellings would hash apart
-        value = super().value(request)
+        value = _normal(raw.decode("latin-1"))
         if not value:
             return None
         if self.credentials:

@@ -44,6 +44,7 @@ _RAW = 2  # record flag: the fingerprint was lower-case hex, kept as the bytes i
 
 _OPEN = 0
 _SPENT = 1
+_new_tuple = tuple.__new__
 
 
 def _pack_fingerprint(fingerprint: str) -> tuple[int, bytes]:
@@ -111,7 +112,11 @@ class MemoryStore:
     # while live, and 2 * ttl_ms + 1 for stored responses.
 
     async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
-        now = self._now()
+        now = int(self._clock() * 1000)  # `_now`, inline on the paths every request takes
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
         records = self._records
         found = records.lookup(key)
         if found is not None:
@@ -135,7 +140,8 @@ class MemoryStore:
                 f"the memory store holds {len(records)} requests in flight, its max_records; "
                 "a new claim must wait until one of them finishes"
             )
-        return Claim(True, fingerprint)
+        # Claim(True, fingerprint), built without the named tuple's Python-level __new__
+        return _new_tuple(Claim, (True, fingerprint, None, 0))
 
     def _held(self, key: str, token: str, now: int) -> tuple[Queue, bytes, int, int] | None:
         """The queue, record, flags and fingerprint length of ``key`` while ``token``
@@ -166,7 +172,11 @@ class MemoryStore:
         return True
 
     async def complete(self, key: str, token: str, response: bytes, *, ttl_ms: int) -> bool:
-        now = self._now()
+        now = int(self._clock() * 1000)
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
         held = self._held(key, token, now)
         if held is None:
             return False
@@ -190,30 +200,40 @@ class MemoryStore:
     # back while a fresher bucket could go instead.
 
     async def hit(self, hits: Sequence[RateLimitHit]) -> list[RateLimitDecision]:
-        now = self._now()
+        now = int(self._clock() * 1000)
+        if now > self._last:
+            self._last = now
+        else:
+            now = self._last
         buckets = self._buckets
         decisions: list[RateLimitDecision] = []
         states: list[State] = []
+        queues: list[Queue | None] = []
         allowed = True
         for one in hits:
             found = buckets.lookup(one.key)
             state = None
+            queue = None
             if found is not None:
-                expires, a, b, c = _BUCKET.unpack(found[1])
+                queue, entry = found
+                expires, a, b, c = _BUCKET.unpack(entry)
                 if expires > now:
                     state = (a, b, c)
                 else:
-                    buckets.remove(one.key, found[0])
+                    buckets.remove(one.key, queue)
+                    queue = None
             decision, state = decide(one, state, now)
             decisions.append(decision)
             states.append(state)
-            allowed = allowed and decision.allowed
+            queues.append(queue)
+            allowed = allowed and decision[0]
         if allowed:
-            for one, state, decision in zip(hits, states, decisions, strict=True):
-                rank = _OPEN if decision.remaining else _SPENT
+            for one, state, decision, queue in zip(hits, states, decisions, queues, strict=True):
+                rank = _OPEN if decision[2] else _SPENT
                 cls = (one.algorithm, one.window_ms, rank)
                 packed = _BUCKET.pack(expires_at(one, state), *state)
-                queue = buckets.find(one.key)  # again: two hits may share a key
+                if queue is None or one.key not in queue.where:
+                    queue = buckets.find(one.key)  # again: two hits may share a key
                 if queue is None:
                     buckets.add(one.key, cls, rank, packed, now)
                 else:
