@@ -200,13 +200,16 @@ def report(
             f"<= +{TARGETS['full stack, memory']:,} {verdict} (stretch +{STRETCH:,}: "
             f"{'met' if over <= STRETCH else 'not yet'})"
         )
+    target = TARGETS["full stack, memory, replay"]
     for name in ("full stack, memory, replay", "idempotency, replay"):
         replay = instructions.get(name)
         if replay is not None:
-            verdict = "met" if replay <= TARGETS["full stack, memory, replay"] else "MISSED"
+            # the issue does not say whether 80k is over bare or the whole request: both
+            over = replay - base_i
             print(
-                f"  {name}: {replay:,.0f} per request (issue: 117,000); target "
-                f"<= {TARGETS['full stack, memory, replay']:,} {verdict}"
+                f"  {name}: +{over:,.0f} over bare, {replay:,.0f} in all (issue: 117,000); "
+                f"target <= {target:,}: {'met' if over <= target else 'MISSED'} over bare, "
+                f"{'met' if replay <= target else 'MISSED'} in all"
             )
     peers = {
         n: v

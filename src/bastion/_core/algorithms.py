@@ -25,14 +25,27 @@ and is ignored rather than trusted (it would otherwise hold the bucket until tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bastion._core.types import RateLimitDecision, RateLimitHit
 
 __all__ = ["MAX_CLOCK_LEAD_MS", "State", "decide", "expires_at"]
 
 State = tuple[int, int, int]
 
+_new_tuple: Callable[[type[RateLimitDecision], tuple[bool, int, int, int, int]], RateLimitDecision]
+_new_tuple = tuple.__new__
+
 MAX_CLOCK_LEAD_MS = 60_000
 """How far ahead of a caller's clock a bucket's time may be and still be trusted (ms)."""
+
+
+def _decision(
+    allowed: bool, limit: int, remaining: int, reset_ms: int, retry_after_ms: int
+) -> RateLimitDecision:
+    """A decision built by `tuple.__new__`, skipping the named tuple's Python-level
+    ``__new__``: one is built per tier per request."""
+    return _new_tuple(RateLimitDecision, (allowed, limit, remaining, reset_ms, retry_after_ms))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -59,13 +72,8 @@ def fixed_window(
     if allowed:
         count += hit.cost
     window_end = start + window - now
-    decision = RateLimitDecision(
-        allowed=allowed,
-        limit=limit,
-        remaining=max(0, limit - count),
-        reset_ms=window_end if count else 0,
-        retry_after_ms=0 if allowed else window_end,
-    )
+    reset = window_end if count else 0
+    decision = _decision(allowed, limit, max(0, limit - count), reset, 0 if allowed else window_end)
     return decision, (start, count, 0)
 
 
@@ -96,7 +104,7 @@ def sliding_window(
     reset = 0
     if remaining < limit:
         reset = _sliding_retry_after(limit, window, remaining + 1, current, previous, elapsed)
-    decision = RateLimitDecision(allowed, limit, remaining, reset, retry_after)
+    decision = _decision(allowed, limit, remaining, reset, retry_after)
     return decision, (start, current, previous)
 
 
@@ -139,13 +147,7 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
     remaining = max(0, (capacity - backlog) // window)
     # the next token is back when the backlog has drained to fit one more than `remaining`
     reset = _ceil_div(backlog + (remaining + 1) * window - capacity, limit) if backlog else 0
-    decision = RateLimitDecision(
-        allowed=allowed,
-        limit=limit,
-        remaining=remaining,
-        reset_ms=reset,
-        retry_after_ms=retry_after,
-    )
+    decision = _decision(allowed, limit, remaining, reset, retry_after)
     return decision, (now + backlog // limit, backlog % limit, now)
 
 

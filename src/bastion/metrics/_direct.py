@@ -138,9 +138,11 @@ def direct_record(
     out_bounds, out_sum, out_buckets = sizes_out
     bounds, total, buckets = durations
 
+    leave = running.inc  # under the gauge's own lock, as the request's entry was counted
+
     def record(request_bytes: float, response_bytes: float, seconds: float) -> None:
+        leave(-1)
         with _WRITES:
-            running._value -= 1
             count._value += 1
             in_sum._value += request_bytes
             in_buckets[bisect_left(in_bounds, request_bytes)]._value += 1
