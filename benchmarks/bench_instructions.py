@@ -207,7 +207,7 @@ def report(
             # the issue does not say whether 80k is over bare or the whole request: both
             over = replay - base_i
             print(
-                f"  {name}: +{over:,.0f} over bare, {replay:,.0f} in all (issue: 117,000); "
+                f"  {name}: {over:+,.0f} over bare, {replay:,.0f} in all (issue: 117,000); "
                 f"target <= {target:,}: {'met' if over <= target else 'MISSED'} over bare, "
                 f"{'met' if replay <= target else 'MISSED'} in all"
             )
