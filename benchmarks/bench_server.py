@@ -49,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 CONNECTIONS = 32
 WORKERS = 2
 NO_HIREDIS = "full stack, redis, no hiredis"
+FREEZE = "BASTION_BENCH_GC_FREEZE"
+"""Set (by ``--gc-freeze``): each worker moves what start-up made out of the collector's reach."""
 SERVED = [
     "bare",
     "full stack, memory",
@@ -257,7 +259,9 @@ def report(results: dict[str, Result], seconds: int) -> None:
     parser = "httptools" if _installed("httptools") else "h11"
     print(
         f"\nreal server: uvicorn --workers {WORKERS} ({loop}, {parser}), wrk -t1 -c{CONNECTIONS} "
-        f"-d{seconds}s, POST with a fresh Idempotency-Key each, GC on; ratios to bare"
+        f"-d{seconds}s, POST with a fresh Idempotency-Key each, GC on"
+        f"{' (gc.freeze() once the app is built)' if os.environ.get(FREEZE) else ''}; "
+        "ratios to bare"
     )
     print(
         f"{'variant':<54} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"
@@ -305,6 +309,8 @@ def main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         print("bench_server: wrk is not installed (apt-get install wrk): NOT MEASURED")
         return
+    if args.gc_freeze:
+        os.environ[FREEZE] = "1"  # the servers inherit it: `stacks.server_app`
     seconds = args.duration or (3 if args.quick else 12)
     warmup = 1 if args.quick else 3
     tag = f"bastionbench_{uuid.uuid4().hex[:8]}"
@@ -344,4 +350,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--duration", type=int, help="seconds of each measured wrk run")
     parser.add_argument("--only", help="only the variants whose name contains this (and bare)")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="each worker calls gc.freeze() once its app is built (every variant, bare too)",
+    )
     main(parser.parse_args())

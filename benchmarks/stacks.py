@@ -364,7 +364,8 @@ def server_app() -> Any:
     """The variant named by ``BASTION_BENCH_VARIANT``, for ``uvicorn --factory``; with
     ``BASTION_BENCH_NO_HIREDIS`` set, redis-py cannot find hiredis and parses in Python; with
     ``BASTION_BENCH_GC_LOG`` set (a directory), the worker reports its collections there
-    (`log_collections`)."""
+    (`log_collections`); with ``BASTION_BENCH_GC_FREEZE`` set, it calls `gc.freeze` once the
+    app is built, as docs/performance.md advises."""
     if os.environ.get("BASTION_BENCH_NO_HIREDIS"):
         import sys
 
@@ -372,6 +373,10 @@ def server_app() -> Any:
     if log := os.environ.get("BASTION_BENCH_GC_LOG"):
         log_collections(log)
     app, _closers = build(os.environ["BASTION_BENCH_VARIANT"])
+    if os.environ.get("BASTION_BENCH_GC_FREEZE"):
+        import gc
+
+        gc.freeze()
     return app
 
 
