@@ -42,8 +42,9 @@ nox.options.default_venv_backend = "none"
 PATHS = ["src", "tests", "examples", "benchmarks", "scripts", "noxfile.py", "dev.py"]
 ROOT = Path(__file__).resolve().parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PARALLEL = ["--numprocesses", "auto", "--maxprocesses", "4"]
-"""pytest-xdist for the whole suite: one worker per core, at most four."""
+PARALLEL = ["--numprocesses", "auto", "--maxprocesses", "4", "--dist", "loadgroup"]
+"""pytest-xdist for the whole suite: one worker per core, at most four; the tests that start
+servers and processes in one group, run one after another (`tests/conftest.py`)."""
 WHEEL_VENV = ROOT / ".nox" / "wheel-venv"
 """The wheel pass's own environment, kept between runs: only the bastion wheel is reinstalled."""
 WHEEL_TESTS = [

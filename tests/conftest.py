@@ -137,6 +137,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
         terminalreporter.write_line(line, yellow=True, bold=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), the tests that start servers and processes
+    (marked ``integration`` or ``slow``) run one after another on one worker, while the rest
+    share the others: two of them at once overloaded the 2-core machine they are sized for."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    heavy = pytest.mark.xdist_group("processes")
+    for item in items:
+        if item.get_closest_marker("integration") or item.get_closest_marker("slow"):
+            item.add_marker(heavy)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Run async tests on asyncio; trio-specific tests opt in themselves."""

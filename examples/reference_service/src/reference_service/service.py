@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import IntegrityError
 
 from bastion.stores import MemoryStore
 from bastion.stores.sql import SQLStore
@@ -150,9 +151,17 @@ class ReferenceService:
         queue.process(RECONCILER_QUEUE, self.reconcile_job)
 
     async def seed_programs(self) -> None:
-        async with self.db.write() as repo:
-            for seed in self.settings.programs:
-                await repo.ensure_program(seed.id, seed.name, to_units(seed.budget), self.now())
+        """Create the configured programs that do not exist yet. Every worker process runs
+        this as it starts, at the same moment: one that finds a program missing and then
+        loses the insert to another worker goes on, the program being there."""
+        for seed in self.settings.programs:
+            try:
+                async with self.db.write() as repo:
+                    await repo.ensure_program(seed.id, seed.name, to_units(seed.budget), self.now())
+            except IntegrityError:
+                async with self.db.read() as repo:
+                    if await repo.program(seed.id) is None:
+                        raise
 
     async def enqueue_committed(self, intent_id: str, intent_type: str) -> None:
         """Enqueue an intent whose row and stored response have just committed.
