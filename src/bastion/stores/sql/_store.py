@@ -182,9 +182,9 @@ class SQLStore:
     async def _measure_offset(self, conn: AsyncConnection) -> None:
         """The database clock's offset from this host's, taken as of the middle of the round
         trip that read it (so within half a round trip)."""
-        before = time.time()
+        before = self._clock()
         database_ms = int((await conn.execute(self._read_clock)).scalar_one())
-        after = time.time()
+        after = self._clock()
         self._offset_ms = database_ms - round((before + after) * 500)
         self._offset_due = time.monotonic() + CLOCK_SYNC_INTERVAL
 
