@@ -138,15 +138,7 @@ class KeyedRequest(IdempotencyContext):
             await checkpoint_if_cancelled()
             return claim
         except anyio.get_cancelled_exc_class():
-            # the token fences the release: it frees this request's lease and nothing else
-            mw = self.mw
-            with anyio.CancelScope(shield=True):
-                try:
-                    await timed(
-                        mw.observer, mw._backend, "release", mw.store.release(self.key, self.token)
-                    )
-                except Exception as exc:
-                    store_failures.warning(_failure("to release a cancelled claim", exc))
+            await self._release("a cancelled claim")
             raise
 
     async def run(self, receive: Receive) -> None:
@@ -225,6 +217,11 @@ class KeyedRequest(IdempotencyContext):
     async def _give_back(self) -> None:
         """Release the key this request claimed but will not run (a rate limit outside refused
         it once its claim showed it fresh), so that a retry runs it."""
+        await self._release("a rate-limited claim")
+
+    async def _release(self, what: str) -> None:
+        """Release this request's claim, shielded from cancellation; a store failure is only
+        logged. The token fences it: it frees this request's lease and nothing else."""
         mw = self.mw
         with anyio.CancelScope(shield=True):
             try:
@@ -232,7 +229,7 @@ class KeyedRequest(IdempotencyContext):
                     mw.observer, mw._backend, "release", mw.store.release(self.key, self.token)
                 )
             except Exception as exc:
-                store_failures.warning(_failure("to release a rate-limited claim", exc))
+                store_failures.warning(_failure(f"to release {what}", exc))
 
     async def _wait(self, claim: Claim) -> Claim:
         """Poll until the first request finishes, its lease ends, or the wait bound passes."""
