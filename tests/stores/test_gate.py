@@ -1,18 +1,27 @@
 """`Gate`: the store's bound is time spent waiting on the backend, not time spent queued.
 
 The backend here is a coroutine whose latency is an ``anyio.sleep`` (it stands for a server's
-answer time, it synchronises nothing) or an event that is never set (a frozen server).
+answer time, it synchronises nothing) or an event that is never set (a frozen server). The
+tests run on trio with a clock that jumps ahead whenever every task waits, so the latencies and
+the timeout are virtual time: no load on the machine can stretch one past the other.
 """
 
 from __future__ import annotations
 
 import anyio
 import pytest
+from trio.testing import MockClock
 
 from bastion.exceptions import StoreError, StoreUnavailable
 from bastion.stores._breaker import CircuitBreaker, Gate
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    return "trio", {"clock": MockClock(autojump_threshold=0)}
+
 
 TIMEOUT = 1.0
 ANSWER = TIMEOUT / 4
