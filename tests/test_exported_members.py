@@ -139,6 +139,7 @@ PUBLIC: dict[str, list[str]] = {
     "bastion.stores": [
         "CircuitBreaker",
         "Claim",
+        "ClaimHitStore",
         "ConcurrencyStore",
         "IdempotencyStore",
         "MemoryStore",

@@ -144,6 +144,10 @@ class FaultyStore:
     suspends = True
     """A hung primitive waits, whatever the inner store does: claims must be shielded."""
 
+    claims_with_hits = False
+    """The middleware claim and charge apart, so a fault set on ``claim`` or on ``hit`` acts
+    on its own even when the inner store joins the two (`bastion.stores.ClaimHitStore`)."""
+
     @property
     def backend(self) -> str:
         """The inner store's backend name, so metrics label it as usual."""

@@ -9,13 +9,18 @@ settles it once its claim has decided: `QuotaGate.fresh` before the handler runs
 tiers are charged then, all or nothing, and may refuse), `QuotaGate.answered` before it sends
 a replay, a 409, a 422 or another answer of its own (only a replay tier, if any, is charged).
 The limiter keeps its exactness: a fresh request is still charged before its handler runs.
+
+When both layers share a store that can (`bastion.stores.ClaimHitStore`), the layer asks the
+gate for its hits first (`QuotaGate.joint_hits`) and makes the claim and the charge one store
+call, one round trip; `QuotaGate.charged` then answers from the decisions as `fresh` would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
+from bastion.stores._protocols import RateLimitHit
 from bastion.typing import Scope
 
 __all__ = ["QUOTA_GATE_KEY", "QuotaGate", "settle"]
@@ -29,6 +34,18 @@ class QuotaGate(Protocol):
     async def fresh(self) -> bool:
         """The handler is about to run: charge the normal tiers. False when the limiter
         refused the request and has answered it (429 or 503): it must not run."""
+        ...
+
+    def joint_hits(self) -> Sequence[RateLimitHit] | None:
+        """The hits `fresh` would charge, when the limiter shares the idempotency layer's
+        store and that store charges them with the claim (`ClaimHitStore`); None when the
+        claim is to be made alone, and the gate settled as usual."""
+        ...
+
+    async def charged(self, decisions: object) -> bool:
+        """The claim was taken and the hits of `joint_hits` charged with it: answer as `fresh`
+        would, from the store's ``decisions``. False when the limiter refused the request and
+        has answered it; the claim is then to be released."""
         ...
 
     async def answered(self) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
@@ -33,10 +34,10 @@ from bastion.idempotency._keys import (
     scoped_key,
 )
 from bastion.idempotency._lease import run_keeping_lease
-from bastion.idempotency._quota import QUOTA_GATE_KEY, settle
+from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate, settle
 from bastion.idempotency._tokens import new_token
 from bastion.observe import timed
-from bastion.stores._protocols import Claim
+from bastion.stores._protocols import Claim, ClaimHitStore, RateLimitHit
 from bastion.typing import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ unreadable_records = ThrottledLogger(logger)
 REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 _WAIT_FIRST_POLL = 0.01
 _WAIT_MAX_POLL = 0.25
+_T = TypeVar("_T")
 
 
 def _checked(claim: object) -> Claim:
@@ -82,6 +84,15 @@ def _checked(claim: object) -> Claim:
             if isinstance(response, bytes | bytearray | memoryview):
                 return claim._replace(response=bytes(response))
     raise StoreError(f"the store answered a claim with a malformed {type(claim).__name__}")
+
+
+def _joint(answer: object) -> tuple[Claim, object]:
+    """The claim of a `ClaimHitStore.claim_and_hit` answer, checked as `_checked` does, and
+    its decisions, for the limiter to check."""
+    if type(answer) is not tuple or len(answer) != 2:
+        raise StoreError(f"the store answered a claim and hits with a {type(answer).__name__}")
+    claim, decisions = answer
+    return _checked(claim), decisions
 
 
 def _failure(action: str, exc: BaseException) -> str:
@@ -126,17 +137,29 @@ class KeyedRequest(IdempotencyContext):
             mw.store.claim(self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms),
         )
 
-    async def _first_claim(self) -> Claim:
-        """Claim, shielded: a request cancelled while the store answers must not leave a
+    def _claim_and_hit(self, hits: Sequence[RateLimitHit]) -> Awaitable[object]:
+        mw = self.mw
+        store = cast(ClaimHitStore, mw.store)
+        return timed(
+            mw.observer,
+            mw._backend,
+            "claim_and_hit",
+            store.claim_and_hit(
+                self.key, self.fingerprint, self.token, hits, lease_ms=mw._lease_ms
+            ),
+        )
+
+    async def _shielded(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """A claim, shielded: a request cancelled while the store answers must not leave a
         lease behind that nobody holds. A store whose primitives never suspend cannot be
         interrupted, so it is spared the shield's cost."""
         if not self.mw._shield_claims:
-            return await self._claim()
+            return await call()
         try:
             with anyio.CancelScope(shield=True):
-                claim = await self._claim()
+                answer = await call()
             await checkpoint_if_cancelled()
-            return claim
+            return answer
         except anyio.get_cancelled_exc_class():
             await self._release("a cancelled claim")
             raise
@@ -145,17 +168,24 @@ class KeyedRequest(IdempotencyContext):
         """Claim the key, then run, replay or refuse; ``receive`` is the server's, the body
         already read from it is handed to the app first."""
         mw, scope = self.mw, self.scope
+        # a limiter outside sharing the store: its hits go with the claim, in one call
+        gate: QuotaGate | None = scope.get(QUOTA_GATE_KEY)
+        hits = None if gate is None else gate.joint_hits()
+        decisions: object = None
         try:
-            if mw._bare_claims:
+            if hits:
+                claim, decisions = _joint(await self._shielded(partial(self._claim_and_hit, hits)))
+            elif mw._bare_claims:
                 claim = await mw.store.claim(
                     self.key, self.fingerprint, self.token, lease_ms=mw._lease_ms
                 )
                 if type(claim) is not Claim or claim[0] is not True:  # the common answer
                     claim = _checked(claim)
             else:
-                claim = _checked(await self._first_claim())
+                claim = _checked(await self._shielded(self._claim))
             if not claim[0] and waits(claim, self.fingerprint, mw.settings):
                 claim = await self._wait(claim)
+                decisions = None  # a claim taken after waiting charged nothing
         except StoreCapacityError:
             # never run unprotected, even failing open: the store is full of running requests
             store_failures.warning("idempotency store is full of requests in flight")
@@ -178,7 +208,13 @@ class KeyedRequest(IdempotencyContext):
         # decided outside the store's failure policy: a record that cannot be read ran already
         decision = RUN if claim[0] is True else decide(claim, self.fingerprint, mw.settings)
         if decision is RUN:
-            if QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
+            if decisions is not None:
+                del scope[QUOTA_GATE_KEY]
+                assert gate is not None
+                if not await gate.charged(decisions):
+                    await self._give_back()
+                    return
+            elif QUOTA_GATE_KEY in scope and not await settle(scope, fresh=True):
                 await self._give_back()
                 return
             await self._execute(receive)

@@ -30,6 +30,7 @@ from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
 from bastion.observe import timed
 from bastion.ratelimit.keys import RequestView
+from bastion.stores._protocols import RateLimitHit
 from bastion.typing import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Gate:
         "fields",
         "group",
         "held",
+        "joint",
         "mw",
         "outer",
         "release",
@@ -92,6 +94,7 @@ class Gate:
         self.fields: Sequence[tuple[bytes, bytes]] = ()
         self.wrapped: Send = send
         self.release: Any = None
+        self.joint: tuple[list[RateLimitHit], list[_Tier]] | None = None
         # another limiter outside this one left its gate: settle it first
         self.outer: QuotaGate | None = scope.get(QUOTA_GATE_KEY)
 
@@ -133,6 +136,27 @@ class Gate:
         if not hits:
             return True
         fields = await mw._decide(self.scope, self.send, tiers, hits, self.group)
+        if fields is None:
+            return False
+        self.fields = fields
+        return True
+
+    def joint_hits(self) -> list[RateLimitHit] | None:
+        if self.outer is not None or not self.mw._joint or self.group.featured or not self.tiers:
+            return None
+        hits, tiers = self.mw._hits(self.view, self.tiers)
+        if not hits:
+            return None
+        self.joint = hits, tiers
+        return hits
+
+    async def charged(self, decisions: object) -> bool:
+        self.settled = True
+        assert self.joint is not None
+        hits, tiers = self.joint
+        fields = await self.mw._decide(
+            self.scope, self.send, tiers, hits, self.group, charged=decisions
+        )
         if fields is None:
             return False
         self.fields = fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 from bastion._asgi import ClientDisconnected, header, replay_receive
 from bastion._logging import ThrottledLogger
@@ -24,7 +25,9 @@ from bastion.ratelimit._settings import RateLimitSettings
 from bastion.ratelimit._tiers import Tier, compile_routes
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import (
+    ClaimHitStore,
     ConcurrencyStore,
+    RateLimitDecision,
     RateLimitHit,
     RateLimitStore,
     TierValidatingStore,
@@ -41,6 +44,7 @@ HIT_CACHE_SIZE = 4096
 
 Fields = Sequence[tuple[bytes, bytes]]
 NO_FIELDS: Fields = ()
+_UNDECIDED = object()
 
 
 class _Tier:
@@ -192,7 +196,14 @@ class RateLimitMiddleware:
         tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
         self._featured = Featured(self)
         # keyed requests an idempotency layer inside decides are charged once it has decided
-        self._idempotency = idempotency_inside(app)
+        self._idempotency = idempotency = idempotency_inside(app)
+        # sharing a store that can, the two claim and charge a fresh request in one call
+        self._joint = (
+            idempotency is not None
+            and isinstance(store, ClaimHitStore)
+            and store.claims_with_hits
+            and idempotency.store is store
+        )
         replay = settings.replay_tier
         self._replay = (
             None if replay is None else _Tier(replay, settings.fail_open, settings.shadow)
@@ -284,15 +295,22 @@ class RateLimitMiddleware:
         group: _Group | None = None,
         *,
         shadow: bool = False,
+        charged: object = _UNDECIDED,
     ) -> Fields | None:
         """Charge ``hits`` (one per tier of ``tiers``) in one store call, all or nothing.
 
         The fields to send when the request goes on (none when the store failed open or
         fields are off), None when it was answered: 429, or 503 for a tier failing closed.
         ``group`` lends its policy field when every tier of it applies. ``shadow`` (the
-        replay tier in global shadow mode): decided and counted, never refused."""
+        replay tier in global shadow mode): decided and counted, never refused.
+        ``charged``: the store's answer to ``hits`` when they were charged already (with the
+        idempotency claim, `Gate.charged`), to be checked and answered alone."""
         try:
-            decisions = await timed(self.observer, self._backend, "hit", self.store.hit(hits))
+            decisions = (
+                await timed(self.observer, self._backend, "hit", self.store.hit(hits))
+                if charged is _UNDECIDED
+                else cast(list[RateLimitDecision], charged)  # checked by all_allowed
+            )
             allowed = all_allowed(decisions, len(hits))
         except Exception as exc:
             # a limiter must never be the reason for a 500: every store fault is a store error

@@ -8,6 +8,7 @@ from bastion.stores._breaker import CircuitBreaker
 from bastion.stores._memory import MemoryStore
 from bastion.stores._protocols import (
     Claim,
+    ClaimHitStore,
     ConcurrencyStore,
     IdempotencyStore,
     RateLimitDecision,
@@ -23,6 +24,7 @@ from bastion.stores._protocols import (
 __all__ = [
     "CircuitBreaker",
     "Claim",
+    "ClaimHitStore",
     "ConcurrencyStore",
     "IdempotencyStore",
     "MemoryStore",

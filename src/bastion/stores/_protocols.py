@@ -20,6 +20,7 @@ from bastion._core.types import Algorithm, Claim, RateLimitDecision, RateLimitHi
 __all__ = [
     "Algorithm",
     "Claim",
+    "ClaimHitStore",
     "ConcurrencyStore",
     "IdempotencyStore",
     "RateLimitDecision",
@@ -123,6 +124,32 @@ class RateLimitStore(Store, Protocol):
         the call, and keeps the state of its last hit: a count-on-response tier sends its
         cost (to be refused when it no longer fits) followed by a cost of 0, so that an
         allowed request is decided in the same step without being charged.
+        """
+
+
+@runtime_checkable
+class ClaimHitStore(IdempotencyStore, RateLimitStore, Protocol):
+    """A store that claims a key and charges the request's rate-limit tiers in one atomic step.
+
+    A rate limiter outside the idempotency layer charges a keyed request only once its claim
+    shows it fresh (`bastion.idempotency._quota`): two steps, two round trips on a networked
+    store. When both middleware share a store whose ``claims_with_hits`` is True, they make
+    the one call below instead. A store sets it False where it cannot keep the step atomic
+    (`RedisStore` on a cluster, whose record and buckets live in different slots). A store
+    without round trips to save (`MemoryStore`) need not offer it.
+    """
+
+    @property
+    def claims_with_hits(self) -> bool:
+        """Whether `claim_and_hit` is one atomic step here; the middleware use it only then."""
+
+    async def claim_and_hit(
+        self, key: str, fingerprint: str, token: str, hits: Sequence[RateLimitHit], *, lease_ms: int
+    ) -> tuple[Claim, list[RateLimitDecision]]:
+        """`claim`, then, only when the claim was taken, `hit` with ``hits``, as one atomic step.
+
+        The decisions are empty when the claim was not taken: nothing was charged. A denied
+        hit leaves the claim taken, as the two calls would; the caller releases it.
         """
 
 

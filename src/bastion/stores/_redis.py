@@ -282,12 +282,7 @@ class RedisStore:
             [self.record_key(key)],
             [fingerprint, token, lease_ms, self._now(), lease_ms + self._slack],
         )
-        if reply[0] == 1:
-            return Claim(True, fingerprint)
-        holder = reply[1].decode()
-        if len(reply) == 4:
-            return Claim(False, holder, bytes(reply[3]), 0)
-        return Claim(False, holder, None, int(reply[2]))
+        return _claim(reply, fingerprint)
 
     async def renew(self, key: str, token: str, *, lease_ms: int) -> bool:
         reply = await self._run(
@@ -333,23 +328,40 @@ class RedisStore:
         if not hits:
             return []
         keys: list[str] = []
-        args: list[Any] = [self._now(), self._slack]
+        args: list[Any] = []
+        self._hit_arguments(hits, keys, args)
+        # not repeatable: a hit whose connection broke may already have been counted
+        reply = await self._run("hit", keys, args, repeatable=False)
+        return _decisions(hits, reply)
+
+    def _hit_arguments(
+        self, hits: Sequence[RateLimitHit], keys: list[str], args: list[Any]
+    ) -> None:
+        """Append hit.lua's keys and arguments for ``hits`` to ``keys`` and ``args``."""
+        args += (self._now(), self._slack)
         for one in hits:
             self.validate_hit(one)
             keys.append(self.bucket_key(one.key))
             args += (_ALGORITHM_CODES[one.algorithm], one.limit, one.window_ms, one.cost)
-        # not repeatable: a hit whose connection broke may already have been counted
-        reply = await self._run("hit", keys, args, repeatable=False)
-        return [
-            RateLimitDecision(
-                allowed=reply[i] == 1,
-                limit=one.limit,
-                remaining=int(reply[i + 1]),
-                reset_ms=int(reply[i + 2]),
-                retry_after_ms=int(reply[i + 3]),
-            )
-            for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
-        ]
+
+    @property
+    def claims_with_hits(self) -> bool:
+        """Whether `claim_and_hit` is one script: not on a cluster, where a record and the
+        buckets of its request live in different slots."""
+        return not self._cluster
+
+    async def claim_and_hit(
+        self, key: str, fingerprint: str, token: str, hits: Sequence[RateLimitHit], *, lease_ms: int
+    ) -> tuple[Claim, list[RateLimitDecision]]:
+        if self._cluster:
+            raise ConfigurationError("claim_and_hit needs one slot; a cluster has several")
+        keys = [self.record_key(key)]
+        args: list[Any] = [fingerprint, token, lease_ms, self._now(), lease_ms + self._slack]
+        self._hit_arguments(hits, keys, args)
+        # not repeatable: the hits may already have been counted
+        claimed, charged = await self._run("claim_hit", keys, args, repeatable=False)
+        claim = _claim(claimed, fingerprint)
+        return claim, _decisions(hits, charged) if claim[0] else []
 
     # -- concurrency slots ------------------------------------------------------------------
 
@@ -387,3 +399,27 @@ class RedisStore:
     async def release_slots(self, keys: Sequence[str], token: str) -> None:
         if keys:
             await self._run("concurrency_release", [self.slot_key(key) for key in keys], [token])
+
+
+def _claim(reply: Any, fingerprint: str) -> Claim:
+    """claim.lua's reply as a `Claim`."""
+    if reply[0] == 1:
+        return Claim(True, fingerprint)
+    holder = reply[1].decode()
+    if len(reply) == 4:
+        return Claim(False, holder, bytes(reply[3]), 0)
+    return Claim(False, holder, None, int(reply[2]))
+
+
+def _decisions(hits: Sequence[RateLimitHit], reply: Any) -> list[RateLimitDecision]:
+    """hit.lua's reply, four integers per hit, as decisions."""
+    return [
+        RateLimitDecision(
+            allowed=reply[i] == 1,
+            limit=one.limit,
+            remaining=int(reply[i + 1]),
+            reset_ms=int(reply[i + 2]),
+            retry_after_ms=int(reply[i + 3]),
+        )
+        for one, i in zip(hits, range(0, 4 * len(hits), 4), strict=True)
+    ]

@@ -79,10 +79,20 @@ class _Script:
     sha: str
 
 
+_COMPOSED = {"claim_hit": ("claim", "hit")}
+"""Scripts that run others as functions of their own KEYS and ARGV (``run_<name>``), so one
+round trip makes the same decisions as the scripts sent one after the other."""
+
+
 @cache
 def _script(name: str) -> _Script:
     lua = resources.files("bastion.stores").joinpath("lua")
-    source = "".join(lua.joinpath(f).read_text("utf-8") for f in ("_clock.lua", f"{name}.lua"))
+    parts = [lua.joinpath("_clock.lua").read_text("utf-8")]
+    for inner in _COMPOSED.get(name, ()):
+        body = lua.joinpath(f"{inner}.lua").read_text("utf-8")
+        parts.append(f"local function run_{inner}(KEYS, ARGV)\n{body}end\n")
+    parts.append(lua.joinpath(f"{name}.lua").read_text("utf-8"))
+    source = "".join(parts)
     return _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
