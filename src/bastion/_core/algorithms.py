@@ -35,27 +35,20 @@ State = tuple[int, int, int]
 
 _new_tuple: Callable[[type[RateLimitDecision], tuple[bool, int, int, int, int]], RateLimitDecision]
 _new_tuple = tuple.__new__
+"""Builds a decision skipping the named tuple's Python-level ``__new__``: one is built per
+tier per request."""
 
 MAX_CLOCK_LEAD_MS = 60_000
 """How far ahead of a caller's clock a bucket's time may be and still be trusted (ms)."""
-
-
-def _decision(
-    allowed: bool, limit: int, remaining: int, reset_ms: int, retry_after_ms: int
-) -> RateLimitDecision:
-    """A decision built by `tuple.__new__`, skipping the named tuple's Python-level
-    ``__new__``: one is built per tier per request."""
-    return _new_tuple(RateLimitDecision, (allowed, limit, remaining, reset_ms, retry_after_ms))
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _as_of(state: State | None, now: int, at: int) -> tuple[State | None, int]:
-    """The state and time to decide with, given the bucket's own time ``state[at]``."""
-    if state is None or state[at] <= now:
-        return state, now
+def _as_of(state: State, now: int, at: int) -> tuple[State | None, int]:
+    """The state and time to decide with, given the bucket's own time ``state[at]`` ahead of
+    ``now`` (the algorithms call it only then: a call per tier per request saved)."""
     if state[at] - now > MAX_CLOCK_LEAD_MS:
         return None, now
     return state, state[at]
@@ -65,7 +58,8 @@ def fixed_window(
     hit: RateLimitHit, state: State | None, now: int
 ) -> tuple[RateLimitDecision, State]:
     window, limit = hit.window_ms, hit.limit
-    state, now = _as_of(state, now, 0)
+    if state is not None and state[0] > now:
+        state, now = _as_of(state, now, 0)
     start = now - now % window
     count = state[1] if state is not None and state[0] == start else 0
     allowed = count + hit.cost <= limit
@@ -73,7 +67,10 @@ def fixed_window(
         count += hit.cost
     window_end = start + window - now
     reset = window_end if count else 0
-    decision = _decision(allowed, limit, max(0, limit - count), reset, 0 if allowed else window_end)
+    remaining = max(0, limit - count)
+    decision = _new_tuple(
+        RateLimitDecision, (allowed, limit, remaining, reset, 0 if allowed else window_end)
+    )
     return decision, (start, count, 0)
 
 
@@ -81,7 +78,8 @@ def sliding_window(
     hit: RateLimitHit, state: State | None, now: int
 ) -> tuple[RateLimitDecision, State]:
     window, limit, cost = hit.window_ms, hit.limit, hit.cost
-    state, now = _as_of(state, now, 0)
+    if state is not None and state[0] > now:
+        state, now = _as_of(state, now, 0)
     start = now - now % window
     current = previous = 0
     if state is not None:
@@ -104,7 +102,7 @@ def sliding_window(
     reset = 0
     if remaining < limit:
         reset = _sliding_retry_after(limit, window, remaining + 1, current, previous, elapsed)
-    decision = _decision(allowed, limit, remaining, reset, retry_after)
+    decision = _new_tuple(RateLimitDecision, (allowed, limit, remaining, reset, retry_after))
     return decision, (start, current, previous)
 
 
@@ -129,7 +127,8 @@ def _sliding_retry_after(
 
 def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDecision, State]:
     window, limit, cost = hit.window_ms, hit.limit, hit.cost
-    state, now = _as_of(state, now, 2)
+    if state is not None and state[2] > now:
+        state, now = _as_of(state, now, 2)
     # times below are in 1/limit ms, so one token's emission interval is exactly `window`
     backlog = 0
     if state is not None:
@@ -147,7 +146,7 @@ def gcra(hit: RateLimitHit, state: State | None, now: int) -> tuple[RateLimitDec
     remaining = max(0, (capacity - backlog) // window)
     # the next token is back when the backlog has drained to fit one more than `remaining`
     reset = _ceil_div(backlog + (remaining + 1) * window - capacity, limit) if backlog else 0
-    decision = _decision(allowed, limit, remaining, reset, retry_after)
+    decision = _new_tuple(RateLimitDecision, (allowed, limit, remaining, reset, retry_after))
     return decision, (now + backlog // limit, backlog % limit, now)
 
 
