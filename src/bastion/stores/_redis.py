@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from bastion.exceptions import ConfigurationError, missing_extra
+from bastion.exceptions import ConfigurationError, StoreUnavailable, missing_extra
 from bastion.stores._breaker import CircuitBreaker, Gate
 from bastion.stores._protocols import (
     Claim,
@@ -279,11 +279,13 @@ class RedisStore:
 
     async def _initialized(self, operation: str) -> None:
         """The cluster's topology first: a command sent before it is known goes to a random
-        node and comes back MOVED."""
+        node and comes back MOVED. A cluster whose topology cannot be read cannot serve."""
         try:
             await self._client.initialize()
         except Exception as exc:
-            raise _rc.failure(exc, operation) from exc
+            raise StoreUnavailable(
+                f"redis cluster topology unavailable during {operation}: {exc}"
+            ) from exc
 
     async def ping(self) -> None:
         if self._direct is not None:
