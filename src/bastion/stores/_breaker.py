@@ -203,7 +203,7 @@ class Gate:
             await self._queue(operation, since)
         try:
             deadline = max(since, self._answered_at) + self.timeout
-            counted = breaker._failures > 0
+            counted = breaker.enabled
             probe = counted and breaker._admit()
             try:
                 async with self._deadline(deadline):
