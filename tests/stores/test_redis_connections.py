@@ -212,6 +212,31 @@ async def test_the_store_leaves_its_client_a_connection(
         await client.aclose()
 
 
+async def test_stores_on_one_client_share_its_connections(
+    server: PrivateRedis, clock: FakeClock
+) -> None:
+    """Two stores on one two-connection client take turns with bursts of two calls: neither
+    keeps a connection the other needs."""
+    client = _small_pool(server)
+    stores = [RedisStore(client, clock=clock, prefix=name) for name in ("first", "second")]
+
+    async def claim(store: RedisStore, key: str) -> None:
+        assert (await store.claim(key, "fp", "t", lease_ms=LEASE)).acquired
+
+    try:
+        with anyio.fail_after(HANG_GUARD):
+            for burst in range(4):
+                store = stores[burst % 2]
+                async with anyio.create_task_group() as tg:
+                    for i in range(2):
+                        tg.start_soon(claim, store, f"k{burst}-{i}")
+            assert await client.ping()
+    finally:
+        for store in stores:
+            await store.aclose()
+        await client.aclose()
+
+
 async def test_aclose_hands_every_connection_back_as_it_was(
     server: PrivateRedis, clock: FakeClock
 ) -> None:

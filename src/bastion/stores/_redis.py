@@ -101,9 +101,9 @@ class RedisStore:
     ``socket_timeout``, ``socket_connect_timeout`` and ``pool_timeout`` default to it. At
     most ``max_connections`` (16 by default) connections are opened per process (per node
     on a cluster); a burst beyond that waits for a free one, first come first served. On a
-    single server the store keeps the connections it used between calls (never the last one
-    of its client's pool) and sends its scripts on them itself, so a client's own ``Retry``
-    does not apply to them (see ``docs/stores.md``).
+    single server the store keeps the connections it used between calls (shared with other
+    stores on the same client, never the last one of its pool) and sends its scripts on them
+    itself, so a client's own ``Retry`` does not apply to them (see ``docs/stores.md``).
 
     Operations that are safe to repeat (claim, renew, complete, release, ping: each is fenced
     by the request's own token, so a repeat changes nothing) are sent again up to ``retries``
@@ -211,9 +211,7 @@ class RedisStore:
             size, timeout, self.breaker, "redis", deadline=asyncio.timeout_at, clock=_loop_time
         )
         # a single server's scripts skip redis-py's per-command machinery; a cluster keeps it
-        self._direct = (
-            None if self._cluster else _rc.single_server(client, calls=size, call_timeout=timeout)
-        )
+        self._direct = None if self._cluster else _rc.single_server(client, call_timeout=timeout)
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import weakref
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -157,6 +158,8 @@ async def ping(client: Client, *, retries: int = 0) -> None:
 
 _IDLE_CHECK = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
 """redis-py 8 renamed the check its pool makes on every checkout (the old name warns)."""
+_IDLE: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+"""The connections held idle for each connection pool, most recently used last."""
 
 
 class SingleServer:
@@ -184,8 +187,10 @@ class SingleServer:
     - The store's `Gate` bounds every call, so the connections' own ``socket_timeout`` is
       lifted while the store holds them (and put back when they return to the pool). A
       ``socket_timeout`` shorter than the call's bound still bounds each round trip.
-    - At most ``calls`` connections are held (the gate lets no more calls in at once), and
-      never the pool's last one, so commands sent through the client itself still find one.
+    - The idle connections of one pool are shared by every store on it, and never include the
+      pool's last one, so two stores on one client, or commands sent through the client
+      itself, do not starve. No more are held than calls ran at once (each store's gate
+      bounds its own).
 
     The client's ``Retry`` does not apply to these calls: the store's own ``retries`` decide
     what is sent again, so a rate-limit hit is never sent twice whatever the client's policy.
@@ -202,11 +207,11 @@ class SingleServer:
         "_socket_timeout",
     )
 
-    def __init__(self, client: Any, *, calls: int, call_timeout: float) -> None:
+    def __init__(self, client: Any, *, call_timeout: float) -> None:
         pool = client.connection_pool
         self._pool = pool
-        self._idle: list[Any] = []
-        self._keep = min(calls, getattr(pool, "max_connections", calls + 1) - 1)
+        self._idle = _IDLE.setdefault(pool, [])
+        self._keep = getattr(pool, "max_connections", 2**31) - 1
         self._socket_timeout: float | None = pool.connection_kwargs.get("socket_timeout")
         shorter = self._socket_timeout is not None and self._socket_timeout < call_timeout
         self._reply_timeout = self._socket_timeout if shorter else None
@@ -277,7 +282,8 @@ class SingleServer:
             return
 
     async def aclose(self) -> None:
-        """Hand every held connection back to the pool; later calls return theirs at once."""
+        """Hand the pool back every connection held idle for it (other stores on the pool take
+        theirs from it again); this store's later calls return theirs at once."""
         self._closed = True
         while self._idle:
             await self._give_back(self._idle.pop())
@@ -333,12 +339,12 @@ async def _ready(conn: Any) -> bool:
         return False
 
 
-def single_server(client: Any, *, calls: int, call_timeout: float) -> SingleServer | None:
+def single_server(client: Any, *, call_timeout: float) -> SingleServer | None:
     """The direct path for a plain ``Redis`` client; None for a cluster or a client that
     keeps one dedicated connection (``single_connection_client``), which keep redis-py's."""
     if not isinstance(client, Redis) or getattr(client, "single_connection_client", False):
         return None
-    return SingleServer(client, calls=calls, call_timeout=call_timeout)
+    return SingleServer(client, call_timeout=call_timeout)
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
