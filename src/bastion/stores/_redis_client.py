@@ -167,11 +167,11 @@ class SingleServer:
 
     ``client.evalsha`` takes a connection from the pool and gives it back around every
     command (a lock, a condition, observability hooks), runs the client's ``Retry`` and
-    response callbacks and, with a ``socket_timeout``, wraps every send in a Task
-    (``asyncio.wait_for``) and every read in a timer: on loopback that is about as much
-    client-side work as the rest of the call. Here a connection taken from the pool stays
-    with the store between calls, and a call is one ``EVALSHA`` sent and its reply read on it
-    (``EVAL`` after ``NOSCRIPT``, as `run_script`).
+    response callbacks and, with a ``socket_timeout``, wraps every send in
+    ``asyncio.wait_for`` (a Task on Python 3.11) and every read in a timer: on loopback that
+    is about as much client-side work as the rest of the call. Here a connection taken from
+    the pool stays with the store between calls, and a call is one ``EVALSHA`` sent and its
+    reply read on it (``EVAL`` after ``NOSCRIPT``, as `run_script`).
 
     What the client's own path guaranteed still holds:
 
@@ -217,7 +217,7 @@ class SingleServer:
         self._reply_timeout = self._socket_timeout if shorter else None
         # redis-py's PING before a command on a connection idle that long, only if asked for
         self._check_health = bool(pool.connection_kwargs.get("health_check_interval"))
-        # redis-py < 5.1 requires the (unused) command name; later versions warn if given one
+        # redis-py 5.0 requires the (unused) command name; redis-py 8 warns if given one
         name = inspect.signature(pool.get_connection).parameters.get("command_name")
         required = name is not None and name.default is inspect.Parameter.empty
         self._checkout_args = ("EVALSHA",) if required else ()
