@@ -3,10 +3,14 @@
 The backend here is a coroutine whose latency is an ``anyio.sleep`` (it stands for a server's
 answer time, it synchronises nothing) or an event that is never set (a frozen server). The
 tests run on trio with a clock that jumps ahead whenever every task waits, so the latencies and
-the timeout are virtual time: no load on the machine can stretch one past the other.
+the timeout are virtual time: no load on the machine can stretch one past the other. The last
+runs on asyncio with asyncio's own timer, as `RedisStore` uses the gate; nothing races its
+timeout there.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import anyio
 import pytest
@@ -126,3 +130,38 @@ async def test_a_cancelled_waiter_leaves_its_place_to_the_next() -> None:
 
 async def _note(done: list[str], what: str) -> None:
     done.append(what)
+
+
+def _asyncio_gate(timeout: float) -> Gate:
+    def loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    breaker = CircuitBreaker(failures=1)
+    return Gate(1, timeout, breaker, "backend", deadline=asyncio.timeout_at, clock=loop_time)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_on_asyncio_its_timer_bounds_a_call_and_leaves_an_outer_cancel_alone(
+    anyio_backend: str,
+) -> None:
+    """With asyncio's own timer (as `RedisStore` runs it) a frozen backend still fails the
+    call and counts, while a cancellation from outside stays a cancellation: not a
+    timeout, not a failure, and the place is freed."""
+    frozen = anyio.Event()
+    gate = _asyncio_gate(0.05)
+    with anyio.fail_after(30), pytest.raises(StoreUnavailable, match="did not answer op"):
+        await gate.call("op", frozen.wait)
+    assert gate.breaker.state == "open"
+
+    patient = _asyncio_gate(30)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(patient.call, "op", frozen.wait)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        assert patient.breaker.state == "closed"
+        assert await patient.call("op", _add, 1, 2) == 3  # the place was handed back
+
+
+async def _add(a: int, b: int) -> int:
+    return a + b

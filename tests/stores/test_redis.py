@@ -253,6 +253,21 @@ async def test_unreachable_server_is_store_unavailable(clock: FakeClock) -> None
         await store.aclose()
 
 
+async def test_unreachable_cluster_is_store_unavailable(clock: FakeClock) -> None:
+    """A cluster whose topology cannot be read fails every call as StoreUnavailable (not
+    redis-py's own exception), which the breaker counts."""
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    store = RedisStore(url=url, clock=clock, breaker=CircuitBreaker(failures=6))
+    try:
+        with anyio.fail_after(HANG_GUARD):
+            for call in _all_primitives(store):  # six: the sixth failure opens the breaker
+                with pytest.raises(StoreUnavailable, match="topology"):
+                    await call()
+        assert store.breaker.state == "open"
+    finally:
+        await store.aclose()
+
+
 def _all_primitives(store: RedisStore) -> list[Any]:
     return [
         store.ping,

@@ -14,11 +14,12 @@ frees what nobody asks for again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from bastion.exceptions import ConfigurationError, missing_extra
+from bastion.exceptions import ConfigurationError, StoreUnavailable, missing_extra
 from bastion.stores._breaker import CircuitBreaker, Gate
 from bastion.stores._protocols import (
     Claim,
@@ -68,8 +69,11 @@ requests per day or a million per eleven days.
 """
 
 _N = TypeVar("_N", int, float)
-_T = TypeVar("_T")
 _ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _check_name(what: str, value: str) -> None:
@@ -96,7 +100,10 @@ class RedisStore:
     answers none of the calls ahead, then for connecting and the round trip;
     ``socket_timeout``, ``socket_connect_timeout`` and ``pool_timeout`` default to it. At
     most ``max_connections`` (16 by default) connections are opened per process (per node
-    on a cluster); a burst beyond that waits for a free one, first come first served.
+    on a cluster); a burst beyond that waits for a free one, first come first served. On a
+    single server the store keeps the connections it used between calls (shared with other
+    stores on the same client, never the last one of its pool) and sends its scripts on them
+    itself, so a client's own ``Retry`` does not apply to them (see ``docs/stores.md``).
 
     Operations that are safe to repeat (claim, renew, complete, release, ping: each is fenced
     by the request's own token, so a repeat changes nothing) are sent again up to ``retries``
@@ -199,7 +206,12 @@ class RedisStore:
         # calls queue here for one of the pool's connections: redis-py's cluster pools raise
         # instead of waiting, and a wait here can be told apart from a slow server (Gate)
         size = max_connections or DEFAULT_MAX_CONNECTIONS
-        self._gate = Gate(size, timeout, self.breaker, "redis")
+        # redis-py's asyncio client ties the store to asyncio: its timer and clock are cheaper
+        self._gate = Gate(
+            size, timeout, self.breaker, "redis", deadline=asyncio.timeout_at, clock=_loop_time
+        )
+        # a single server's scripts skip redis-py's per-command machinery; a cluster keeps it
+        self._direct = None if self._cluster else _rc.single_server(client, call_timeout=timeout)
         self.prefix = prefix
         self.hash_tag = hash_tag
         self._record_prefix = f"{prefix}:idem:"
@@ -245,32 +257,47 @@ class RedisStore:
         tag = hashlib.blake2b(principal.encode("utf-8", "surrogatepass"), digest_size=8)
         return f"{prefix}{{{tag.hexdigest()}}}:{key}"
 
-    async def _bounded(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """``call`` through the store's `Gate`: ``timeout`` bounds the wait on Redis (for a
-        free connection while Redis answers none, then for the reply), not the time this
-        process spends queued behind its own busy burst or starved of CPU."""
-        if self._cluster:
-            # topology first: a command sent before it is known goes to a random node and
-            # comes back MOVED
-            return await self._gate.call(operation, lambda: self._initialized(call))
-        return await self._gate.call(operation, call)
-
-    async def _initialized(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        await self._client.initialize()
-        return await call()
-
-    async def _run(
+    def _run(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, repeatable: bool = True
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        """Run ``lua/<name>.lua`` through the store's `Gate`: ``timeout`` bounds the wait on
+        Redis (for a free connection while Redis answers none, then for the reply), not the
+        time this process spends queued behind its own busy burst or starved of CPU. Only
+        ``repeatable`` scripts are sent again after a broken connection."""
         retries = self.retries if repeatable else 0
-        return await self._bounded(
-            name, lambda: _rc.run_script(self._client, name, keys, args, retries=retries)
-        )
+        if self._direct is not None:
+            return self._gate.call(name, self._direct.run_script, name, keys, args, retries)
+        return self._gate.call(name, self._cluster_script, name, keys, args, retries)
+
+    async def _cluster_script(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], retries: int
+    ) -> Any:
+        await self._initialized(name)
+        return await _rc.run_script(self._client, name, keys, args, retries=retries)
+
+    async def _initialized(self, operation: str) -> None:
+        """The cluster's topology first: a command sent before it is known goes to a random
+        node and comes back MOVED. A cluster whose topology cannot be read cannot serve."""
+        try:
+            await self._client.initialize()
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"redis cluster topology unavailable during {operation}: {exc}"
+            ) from exc
 
     async def ping(self) -> None:
-        await self._bounded("ping", lambda: _rc.ping(self._client, retries=self.retries))
+        if self._direct is not None:
+            await self._gate.call("ping", self._direct.ping, self.retries)
+        else:
+            await self._gate.call("ping", self._cluster_ping)
+
+    async def _cluster_ping(self) -> None:
+        await self._initialized("ping")
+        await _rc.ping(self._client, retries=self.retries)
 
     async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.aclose()
         if self._owns_client:
             await self._client.aclose()
 

@@ -6,7 +6,11 @@ names the extra to install.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import inspect
+import weakref
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -14,8 +18,10 @@ from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bastion.exceptions import StoreError, StoreUnavailable
@@ -23,11 +29,14 @@ from bastion.exceptions import StoreError, StoreUnavailable
 __all__ = [
     "Client",
     "ClientOptions",
+    "SingleServer",
     "connect",
     "decodes_responses",
+    "failure",
     "is_cluster",
     "ping",
     "run_script",
+    "single_server",
     "split_url",
 ]
 
@@ -96,7 +105,8 @@ def _script(name: str) -> _Script:
     return _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-def _error(exc: BaseException, operation: str) -> StoreError:
+def failure(exc: BaseException, operation: str) -> StoreError:
+    """The bastion error for a redis-py failure during ``operation``."""
     if isinstance(exc, _UNREACHABLE):
         return StoreUnavailable(f"redis unreachable during {operation}: {exc}")
     if isinstance(exc, RedisClusterException) and "same key slot" in str(exc):
@@ -136,9 +146,9 @@ async def run_script(
             if attempt < retries:
                 attempt += 1
                 continue
-            raise _error(exc, name) from exc
+            raise failure(exc, name) from exc
         except Exception as exc:
-            raise _error(exc, name) from exc
+            raise failure(exc, name) from exc
 
 
 async def ping(client: Client, *, retries: int = 0) -> None:
@@ -151,9 +161,200 @@ async def ping(client: Client, *, retries: int = 0) -> None:
             if attempt < retries:
                 attempt += 1
                 continue
-            raise _error(exc, "ping") from exc
+            raise failure(exc, "ping") from exc
         except Exception as exc:
-            raise _error(exc, "ping") from exc
+            raise failure(exc, "ping") from exc
+
+
+_IDLE_CHECK = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read_destructive"
+"""redis-py 8 renamed the check its pool makes on every checkout (the old name warns)."""
+_IDLE: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+"""The connections held idle for each connection pool, most recently used last."""
+
+
+class SingleServer:
+    """Scripts sent straight on the connections of one Redis server's pool (not a cluster).
+
+    ``client.evalsha`` takes a connection from the pool and gives it back around every
+    command (a lock, a condition, observability hooks), runs the client's ``Retry`` and
+    response callbacks and, with a ``socket_timeout``, wraps every send in
+    ``asyncio.wait_for`` (a Task on Python 3.11) and every read in a timer: on loopback that
+    is about as much client-side work as the rest of the call. Here a connection taken from
+    the pool stays with the store between calls, and a call is one ``EVALSHA`` sent and its
+    reply read on it (``EVAL`` after ``NOSCRIPT``, as `run_script`).
+
+    What the client's own path guaranteed still holds:
+
+    - A connection on which a call failed or was cancelled may still have a reply on its way:
+      it is closed and handed back to the pool (which reconnects it when next taken), never
+      reused. Only an error reply, read in full, leaves it in use.
+    - Before each use an idle connection is checked as the pool checks one on checkout
+      (connected, nothing unread, not closed by the server: a restart, an idle ``timeout``,
+      ``CLIENT KILL``; redis-py 8 skips that check when maintenance notifications are on, its
+      default); a stale one is replaced before anything is sent, so no call fails for it and
+      none is sent twice. A socket found dead only by the send fails the call with a lost
+      connection, which the store sends again only for operations safe to repeat.
+    - The store's `Gate` bounds every call, so the connections' own ``socket_timeout`` is
+      lifted while the store holds them (and put back when they return to the pool). A
+      ``socket_timeout`` shorter than the call's bound still bounds each round trip.
+    - The idle connections of one pool are shared by every store on it, and never include the
+      pool's last one, so two stores on one client, or commands sent through the client
+      itself, do not starve. No more are held than calls ran at once (each store's gate
+      bounds its own).
+
+    The client's ``Retry`` does not apply to these calls: the store's own ``retries`` decide
+    what is sent again, so a rate-limit hit is never sent twice whatever the client's policy.
+    """
+
+    __slots__ = (
+        "_check_health",
+        "_checkout_args",
+        "_closed",
+        "_idle",
+        "_keep",
+        "_pool",
+        "_reply_timeout",
+        "_socket_timeout",
+    )
+
+    def __init__(self, client: Any, *, call_timeout: float) -> None:
+        pool = client.connection_pool
+        self._pool = pool
+        self._idle = _IDLE.setdefault(pool, [])
+        self._keep = getattr(pool, "max_connections", 2**31) - 1
+        self._socket_timeout: float | None = pool.connection_kwargs.get("socket_timeout")
+        shorter = self._socket_timeout is not None and self._socket_timeout < call_timeout
+        self._reply_timeout = self._socket_timeout if shorter else None
+        # redis-py's PING before a command on a connection idle that long, only if asked for
+        self._check_health = bool(pool.connection_kwargs.get("health_check_interval"))
+        # redis-py 5.0 requires the (unused) command name; redis-py 8 warns if given one
+        name = inspect.signature(pool.get_connection).parameters.get("command_name")
+        required = name is not None and name.default is inspect.Parameter.empty
+        self._checkout_args = ("EVALSHA",) if required else ()
+        self._closed = False
+
+    async def run_script(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], retries: int
+    ) -> Any:
+        """`run_script` on a held connection: the same replies, errors and retries."""
+        script = _script(name)
+        attempt = 0
+        while True:
+            conn = None
+            try:
+                conn = await self._take()
+                command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                try:
+                    if self._reply_timeout is None:  # inline: this is every call's path
+                        await conn.send_packed_command(command, check_health=self._check_health)
+                        reply = await conn.read_response()
+                    else:
+                        reply = await self._round_trip(conn, command)
+                except NoScriptError:
+                    command = conn.pack_command("EVAL", script.source, len(keys), *keys, *args)
+                    reply = await self._round_trip(conn, command)
+            except ResponseError as exc:
+                # the error reply was read in full: nothing is left pending on the connection
+                if conn is not None and not self._kept(conn):
+                    await self._give_back(conn)
+                raise failure(exc, name) from exc
+            except BaseException as exc:
+                if conn is not None:
+                    await self._drop(conn)
+                if isinstance(exc, _LOST) and attempt < retries:
+                    attempt += 1
+                    continue
+                if isinstance(exc, Exception):
+                    raise failure(exc, name) from exc
+                raise
+            if not self._kept(conn):
+                await self._give_back(conn)
+            return reply
+
+    async def ping(self, retries: int) -> None:
+        attempt = 0
+        while True:
+            conn = None
+            try:
+                conn = await self._take()
+                await self._round_trip(conn, conn.pack_command("PING"))
+            except BaseException as exc:
+                if conn is not None:
+                    await self._drop(conn)
+                if isinstance(exc, _LOST) and attempt < retries:
+                    attempt += 1
+                    continue
+                if isinstance(exc, Exception):
+                    raise failure(exc, "ping") from exc
+                raise
+            if not self._kept(conn):
+                await self._give_back(conn)
+            return
+
+    async def aclose(self) -> None:
+        """Hand the pool back every connection held idle for it (other stores on the pool take
+        theirs from it again); this store's later calls return theirs at once."""
+        self._closed = True
+        while self._idle:
+            await self._give_back(self._idle.pop())
+
+    async def _round_trip(self, conn: Any, command: list[bytes]) -> Any:
+        if self._reply_timeout is None:
+            await conn.send_packed_command(command, check_health=self._check_health)
+            return await conn.read_response()
+        try:
+            async with asyncio.timeout(self._reply_timeout):
+                await conn.send_packed_command(command, check_health=self._check_health)
+                return await conn.read_response()
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no reply within socket_timeout ({self._reply_timeout} s)"
+            ) from None
+
+    async def _take(self) -> Any:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if await _ready(conn):
+                return conn
+            await self._drop(conn)
+        conn = await self._pool.get_connection(*self._checkout_args)
+        conn.socket_timeout = None
+        return conn
+
+    def _kept(self, conn: Any) -> bool:
+        """Whether ``conn`` stays with the store (else it goes back to the pool)."""
+        if self._closed or len(self._idle) >= self._keep:
+            return False
+        self._idle.append(conn)
+        return True
+
+    async def _drop(self, conn: Any) -> None:
+        """Close a connection that may have a reply on its way and hand it to the pool."""
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+        await self._give_back(conn)
+
+    async def _give_back(self, conn: Any) -> None:
+        conn.socket_timeout = self._socket_timeout
+        await self._pool.release(conn)
+
+
+async def _ready(conn: Any) -> bool:
+    """Whether an idle connection can take a command: connected, with nothing to read (no
+    stray reply, no end of stream from a server that closed it)."""
+    try:
+        return bool(conn.is_connected) and not await getattr(conn, _IDLE_CHECK)()
+    except Exception:
+        return False
+
+
+def single_server(client: Any, *, call_timeout: float) -> SingleServer | None:
+    """The direct path for a plain ``Redis`` client; None for a cluster or a client that
+    keeps one dedicated connection (``single_connection_client``), which keep redis-py's."""
+    if not isinstance(client, Redis) or getattr(client, "single_connection_client", False):
+        return None
+    return SingleServer(client, call_timeout=call_timeout)
 
 
 def split_url(url: str) -> tuple[str, dict[str, str]]:
