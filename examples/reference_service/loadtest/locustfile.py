@@ -73,6 +73,12 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--program", default="load", help="the program claims draw on")
     parser.add_argument("--addresses", type=int, default=200, help="client addresses (register)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0: random)")
+    parser.add_argument(
+        "--duplicate-share",
+        type=float,
+        default=0.15,
+        help="share of keyed requests sent as concurrent copies",
+    )
 
 
 @events.init.add_listener  # type: ignore[untyped-decorator]
@@ -208,11 +214,21 @@ class _Service(FastHttpUser):
         """``n`` copies of ``call`` at once: concurrent duplicates of one keyed request."""
         group = Group()
         greenlets = [group.spawn(call) for _ in range(n)]
-        group.join()
+        try:
+            group.join()
+        finally:
+            # a user killed here (past --stop-timeout) must take its copies with it: left
+            # running they would be cut off unlogged when the process exits
+            group.kill()
         return [g.value for g in greenlets if g.value is not None]
 
     def check_stop(self) -> None:
-        if LOG.stopping:
+        """Stop before an iteration rather than in it. Locust kills a user it stops while the
+        user waits between iterations, but gevent delivers the kill through the hub's callback
+        queue: a user whose wake-up was already queued starts its next iteration first, and
+        the kill would land on a request the server handles and the log never answers. Such
+        a user is already in its group's ``dying`` set."""
+        if LOG.stopping or self.greenlet in self.group.dying:
             raise StopUser()
 
 
@@ -230,7 +246,8 @@ class RegisterUser(_Service):
             return self.post("register", variant, "/api/register", key, {"wallet": wallet}, address)
 
         roll = random.random()
-        dup = roll < 0.15
+        share = OPTIONS["duplicate_share"]
+        dup = roll < share
         answers = self.together(DUPLICATES, lambda: send("dup")) if dup else [send("first")]
         tries = 0
         while tries < 5 and not any(a["status"] == 201 for a in answers):
@@ -239,7 +256,7 @@ class RegisterUser(_Service):
             gevent.sleep(0.2)
             answers = [send("retry")]
             tries += 1
-        if 0.15 <= roll < 0.35 and any(a["status"] == 201 for a in answers):
+        if share <= roll < share + 0.2 and any(a["status"] == 201 for a in answers):
             send("retry")
 
 
@@ -279,7 +296,7 @@ class ClaimUser(_Service):
         def prepare(variant: str, payload: dict[str, Any] = body) -> dict[str, Any]:
             return self.post("prepare", variant, "/api/claim/prepare", key, payload)
 
-        if random.random() < 0.15:
+        if random.random() < OPTIONS["duplicate_share"]:
             answers = self.together(DUPLICATES, lambda: prepare("dup"))
         else:
             answers = [prepare("first")]
@@ -300,7 +317,7 @@ class ClaimUser(_Service):
         ) -> dict[str, Any]:
             return self.post("record", variant, "/api/claim/record", k, payload)
 
-        if random.random() < 0.15:
+        if random.random() < OPTIONS["duplicate_share"]:
             self.together(DUPLICATES, lambda: record("dup"))
         else:
             record("first")
