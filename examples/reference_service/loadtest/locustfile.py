@@ -10,10 +10,13 @@ some addresses and not others: its 429s are outcomes to count, not failures.
 of concurrent duplicates, of payload mismatches (the same key, another body), of plain
 retries, and of a second key for an already recorded claim.
 
-Every answer is one JSON line in ``--events-file``: the audit reads those, the database and
-the server's counters, and compares. ``--max-requests`` and the ramp's ``--load-seconds``
-bound a run; users stop after their current iteration, so no request the server saw is
-missing from the log.
+Every request is two JSON lines in ``--events-file``: one written before it is sent
+(``"phase": "sent"``) and one when it ends, with its answer, or ``"stopped": true`` when the
+user was stopped while it was in flight. The audit reads them, the database and the server's
+counters, and compares: a request that has no answer in the log is one whose effect the client
+cannot know, and the audit counts it as such instead of missing it. ``--max-requests`` and the
+ramp's ``--load-seconds`` bound a run; users stop after their current iteration, within
+Locust's ``--stop-timeout``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections import Counter
 from typing import Any
 
 import gevent
+from gevent import GreenletExit
 from gevent.pool import Group
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
@@ -50,14 +54,24 @@ class _Log:
         self.stopping = False
         self.lock = threading.Lock()
 
-    def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":")) + "\n"
+    def sent(self, event: dict[str, Any]) -> None:
         with self.lock:
-            self.file.write(line)
+            self._line({**event, "phase": "sent"})
+
+    def stopped(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._line({**event, "stopped": True})
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._line(event)
             self.count += 1
             self.statuses[event["status"]] += 1
             if self.max_requests and self.count >= self.max_requests:
                 self.stopping = True
+
+    def _line(self, event: dict[str, Any]) -> None:
+        self.file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
 LOG = _Log()
@@ -172,6 +186,7 @@ class _Service(FastHttpUser):
             headers["X-Forwarded-For"] = address
         started = time.time()
         event: dict[str, Any] = {
+            "rid": secrets.token_hex(8),
             "t": started,
             "op": op,
             "variant": variant,
@@ -179,14 +194,25 @@ class _Service(FastHttpUser):
             "addr": address,
             "wallet": body.get("wallet"),
         }
+        LOG.sent(event)
+        try:
+            return self._send(event, path, body, headers)
+        except GreenletExit:
+            LOG.stopped({**event, "ms": (time.time() - started) * 1000})
+            raise
+
+    def _send(
+        self, event: dict[str, Any], path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        started, op = event["t"], event["op"]
         with self.client.post(
             path, data=json.dumps(body), headers=headers, catch_response=True, name=op
         ) as response:
             status = response.status_code or 0
             event["ms"] = (time.time() - started) * 1000
             event["status"] = status
-            headers = response.headers or {}
-            event["replayed"] = headers.get("idempotent-replayed") == "true"
+            answered = response.headers or {}
+            event["replayed"] = answered.get("idempotent-replayed") == "true"
             if status == 0:
                 event["error"] = repr(response.error)[:200]
             payload: Any = None
