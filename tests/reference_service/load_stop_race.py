@@ -6,20 +6,20 @@ tests: locust gevent-patches the process that imports it.
 When Locust stops a user that is waiting between iterations it kills its greenlet, but
 gevent delivers a kill through the hub's callback queue: a user whose wake-up is already
 queued runs first, starts its next iteration and sends a request, and the kill lands while
-that request is in flight (the server may handle it; the client never sees the answer). A
-wait of 0 queues the wake-up before any stop; stopping the user at that moment, as
-``Runner.stop_users`` does, reproduces the race every time.
+that request is in flight (the server may handle it; the client never sees the answer). The
+user's wait time, asked for once it is waiting, wakes this script and returns 0, so the
+user's wake-up is queued right behind the script's; the script then stops the user, as
+``Runner.stop_users`` does, and the race happens every time.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-import time
+from typing import Any
 
-import gevent
 import locust
-from locust import constant
+from gevent.event import Event
 from locust.argument_parser import parse_options
 from locust.env import Environment
 from locust.user.task import LOCUST_STATE_WAITING
@@ -37,8 +37,14 @@ def main(locustfile: str, host: str, events_file: str, duplicate_share: str) -> 
             *("--addresses", "10", "--duplicate-share", duplicate_share),
         ]
     )
+    waiting = Event()
+
+    def wait_time(user: Any) -> float:
+        waiting.set()
+        return 0.0
+
     user_class = module.RegisterUser
-    user_class.wait_time = constant(0)
+    user_class.wait_time = wait_time
     environment = Environment(
         user_classes=[user_class],
         host=host,
@@ -49,16 +55,11 @@ def main(locustfile: str, host: str, events_file: str, duplicate_share: str) -> 
     runner = environment.create_local_runner()
     environment.events.init.fire(environment=environment, runner=runner, web_ui=None)
     runner.start(1, spawn_rate=1)
-    deadline = time.monotonic() + 60
-    while True:
-        if runner.user_count:
-            user = next(iter(runner.user_greenlets)).args[0]
-            if user._state == LOCUST_STATE_WAITING:
-                break
-        if time.monotonic() > deadline:
-            print("the user never waited between iterations", file=sys.stderr)
-            return 2
-        gevent.sleep(0)
+    if not waiting.wait(timeout=60):
+        print("the user never waited between iterations", file=sys.stderr)
+        return 2
+    user = next(iter(runner.user_greenlets)).args[0]
+    assert user._state == LOCUST_STATE_WAITING
     user.stop(force=False)  # waiting: Locust kills it, after the wake-up already queued
     runner.quit()
     environment.events.quitting.fire(environment=environment)
