@@ -62,6 +62,12 @@ def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("RL_", "BASTION_SERVICE_"))}
 
 
+def _agree(counters: dict[str, list[int]], in_doubt: int) -> bool:
+    """Server counts equal the clients', or above them by no more than the requests whose
+    answer no client saw (none, unless a connection closed or Locust killed a user)."""
+    return all(0 <= server - client <= in_doubt for server, client in counters.values())
+
+
 def test_register_load_keeps_every_invariant(tmp_path: Path) -> None:
     """Sign-ups under load with retries, concurrent duplicates, relayer failures and rate
     limits: no 5xx but the injected 503s, one wallet per key, every 429 counted on both
@@ -74,7 +80,7 @@ def test_register_load_keeps_every_invariant(tmp_path: Path) -> None:
     assert figures["statuses"].get("201", 0) > 0
     assert (tmp_path / "register.png").stat().st_size > 0
     counters = figures["counters"]
-    assert all(server == client for server, client in counters.values()), counters
+    assert _agree(counters, figures["in_doubt"]), counters
     assert counters["replayed"][0] > 0  # retries with the same key were replayed
 
 
@@ -92,6 +98,6 @@ def test_claim_load_keeps_every_invariant(tmp_path: Path) -> None:
     assert sum(figures["intents"].values()) > 0
     assert all(balance == 0 for balance in figures["ledger"].values())
     counters = figures["counters"]
-    assert all(server == client for server, client in counters.values()), counters
+    assert _agree(counters, figures["in_doubt"]), counters
     assert counters["payload_mismatch"][1] > 0  # the mismatches were sent, and refused
     assert (tmp_path / "claim.png").stat().st_size > 0

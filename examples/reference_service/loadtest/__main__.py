@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.audit import load_events, run_audit
+from loadtest.audit import run_audit
+from loadtest.clientlog import load_log
 from loadtest.stack import ROOT, StackOptions, running_stack
 
 SCENARIOS = {"register": "RegisterUser", "claim": "ClaimUser"}
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             audit = run_audit(
                 stack,
-                load_events(events_file),
+                load_log(events_file),
                 args.scenario,
                 register_limit=register_limit,
                 plot=out / f"{args.scenario}.png",

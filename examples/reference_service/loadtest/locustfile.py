@@ -10,10 +10,13 @@ some addresses and not others: its 429s are outcomes to count, not failures.
 of concurrent duplicates, of payload mismatches (the same key, another body), of plain
 retries, and of a second key for an already recorded claim.
 
-Every answer is one JSON line in ``--events-file``: the audit reads those, the database and
-the server's counters, and compares. ``--max-requests`` and the ramp's ``--load-seconds``
-bound a run; users stop after their current iteration, so no request the server saw is
-missing from the log.
+Every request is two JSON lines in ``--events-file``: one written before it is sent
+(``"phase": "sent"``) and one when it ends, with its answer, or ``"stopped": true`` when the
+user was stopped while it was in flight. The audit reads them, the database and the server's
+counters, and compares: a request that has no answer in the log is one whose effect the client
+cannot know, and the audit counts it as such instead of missing it. ``--max-requests`` and the
+ramp's ``--load-seconds`` bound a run; users stop after their current iteration, within
+Locust's ``--stop-timeout``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections import Counter
 from typing import Any
 
 import gevent
+from gevent import GreenletExit
 from gevent.pool import Group
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
@@ -50,14 +54,24 @@ class _Log:
         self.stopping = False
         self.lock = threading.Lock()
 
-    def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":")) + "\n"
+    def sent(self, event: dict[str, Any]) -> None:
         with self.lock:
-            self.file.write(line)
+            self._line({**event, "phase": "sent"})
+
+    def stopped(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._line({**event, "stopped": True})
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._line(event)
             self.count += 1
             self.statuses[event["status"]] += 1
             if self.max_requests and self.count >= self.max_requests:
                 self.stopping = True
+
+    def _line(self, event: dict[str, Any]) -> None:
+        self.file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
 
 LOG = _Log()
@@ -73,6 +87,12 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--program", default="load", help="the program claims draw on")
     parser.add_argument("--addresses", type=int, default=200, help="client addresses (register)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0: random)")
+    parser.add_argument(
+        "--duplicate-share",
+        type=float,
+        default=0.15,
+        help="share of keyed requests sent as concurrent copies",
+    )
 
 
 @events.init.add_listener  # type: ignore[untyped-decorator]
@@ -166,6 +186,7 @@ class _Service(FastHttpUser):
             headers["X-Forwarded-For"] = address
         started = time.time()
         event: dict[str, Any] = {
+            "rid": secrets.token_hex(8),
             "t": started,
             "op": op,
             "variant": variant,
@@ -173,14 +194,25 @@ class _Service(FastHttpUser):
             "addr": address,
             "wallet": body.get("wallet"),
         }
+        LOG.sent(event)
+        try:
+            return self._send(event, path, body, headers)
+        except GreenletExit:
+            LOG.stopped({**event, "ms": (time.time() - started) * 1000})
+            raise
+
+    def _send(
+        self, event: dict[str, Any], path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        started, op = event["t"], event["op"]
         with self.client.post(
             path, data=json.dumps(body), headers=headers, catch_response=True, name=op
         ) as response:
             status = response.status_code or 0
             event["ms"] = (time.time() - started) * 1000
             event["status"] = status
-            headers = response.headers or {}
-            event["replayed"] = headers.get("idempotent-replayed") == "true"
+            answered = response.headers or {}
+            event["replayed"] = answered.get("idempotent-replayed") == "true"
             if status == 0:
                 event["error"] = repr(response.error)[:200]
             payload: Any = None
@@ -208,11 +240,21 @@ class _Service(FastHttpUser):
         """``n`` copies of ``call`` at once: concurrent duplicates of one keyed request."""
         group = Group()
         greenlets = [group.spawn(call) for _ in range(n)]
-        group.join()
+        try:
+            group.join()
+        finally:
+            # a user killed here (past --stop-timeout) must take its copies with it: left
+            # running they would be cut off unlogged when the process exits
+            group.kill()
         return [g.value for g in greenlets if g.value is not None]
 
     def check_stop(self) -> None:
-        if LOG.stopping:
+        """Stop before an iteration rather than in it. Locust kills a user it stops while the
+        user waits between iterations, but gevent delivers the kill through the hub's callback
+        queue: a user whose wake-up was already queued starts its next iteration first, and
+        the kill would land on a request the server handles and the log never answers. Such
+        a user is already in its group's ``dying`` set."""
+        if LOG.stopping or self.greenlet in self.group.dying:
             raise StopUser()
 
 
@@ -230,7 +272,8 @@ class RegisterUser(_Service):
             return self.post("register", variant, "/api/register", key, {"wallet": wallet}, address)
 
         roll = random.random()
-        dup = roll < 0.15
+        share = OPTIONS["duplicate_share"]
+        dup = roll < share
         answers = self.together(DUPLICATES, lambda: send("dup")) if dup else [send("first")]
         tries = 0
         while tries < 5 and not any(a["status"] == 201 for a in answers):
@@ -239,7 +282,7 @@ class RegisterUser(_Service):
             gevent.sleep(0.2)
             answers = [send("retry")]
             tries += 1
-        if 0.15 <= roll < 0.35 and any(a["status"] == 201 for a in answers):
+        if share <= roll < share + 0.2 and any(a["status"] == 201 for a in answers):
             send("retry")
 
 
@@ -279,7 +322,7 @@ class ClaimUser(_Service):
         def prepare(variant: str, payload: dict[str, Any] = body) -> dict[str, Any]:
             return self.post("prepare", variant, "/api/claim/prepare", key, payload)
 
-        if random.random() < 0.15:
+        if random.random() < OPTIONS["duplicate_share"]:
             answers = self.together(DUPLICATES, lambda: prepare("dup"))
         else:
             answers = [prepare("first")]
@@ -300,7 +343,7 @@ class ClaimUser(_Service):
         ) -> dict[str, Any]:
             return self.post("record", variant, "/api/claim/record", k, payload)
 
-        if random.random() < 0.15:
+        if random.random() < OPTIONS["duplicate_share"]:
             self.together(DUPLICATES, lambda: record("dup"))
         else:
             record("first")
