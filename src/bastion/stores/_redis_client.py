@@ -259,13 +259,9 @@ class SingleServer:
                     await self._give_back(conn)
                 raise failure(exc, name) from exc
             except BaseException as exc:
-                if conn is not None:
-                    await self._drop(conn)
-                if isinstance(exc, _LOST) and attempt < retries:
+                if await self._retry(conn, exc, attempt < retries, name):
                     attempt += 1
                     continue
-                if isinstance(exc, Exception):
-                    raise failure(exc, name) from exc
                 raise
             if not self._kept(conn):
                 await self._give_back(conn)
@@ -279,13 +275,9 @@ class SingleServer:
                 conn = await self._take()
                 await self._round_trip(conn, conn.pack_command("PING"))
             except BaseException as exc:
-                if conn is not None:
-                    await self._drop(conn)
-                if isinstance(exc, _LOST) and attempt < retries:
+                if await self._retry(conn, exc, attempt < retries, "ping"):
                     attempt += 1
                     continue
-                if isinstance(exc, Exception):
-                    raise failure(exc, "ping") from exc
                 raise
             if not self._kept(conn):
                 await self._give_back(conn)
@@ -297,6 +289,18 @@ class SingleServer:
         self._closed = True
         while self._idle:
             await self._give_back(self._idle.pop())
+
+    async def _retry(self, conn: Any, exc: BaseException, may: bool, operation: str) -> bool:
+        """After a call failed on ``conn`` (None: before one was taken), close it; True to send
+        again (``may``: retries are left, and the connection broke), else raise the store's
+        error for an ``Exception``, or False for the caller to re-raise anything else."""
+        if conn is not None:
+            await self._drop(conn)
+        if may and isinstance(exc, _LOST):
+            return True
+        if isinstance(exc, Exception):
+            raise failure(exc, operation) from exc
+        return False
 
     async def _round_trip(self, conn: Any, command: list[bytes]) -> Any:
         if self._reply_timeout is None:
