@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 LEASE = 30_000
 TTL = 86_400_000
-JOINT_STORES = [p for p in STORES if p.id in {"fakeredis", "redis"}]
+JOINT_STORES = [p for p in STORES if p.id in {"fakeredis", "redis", "postgres"}]
 
 
 @pytest.fixture(params=JOINT_STORES)
@@ -40,12 +40,18 @@ def tiers(owner: str, limit: int = 2) -> list[RateLimitHit]:
 
 
 async def test_the_backends_say_whether_they_claim_with_hits(store: Any) -> None:
-    """A single Redis server makes the step one script and says so. The SQL stores do not
-    offer it, nor does the memory store, which has no round trip to save (its two calls cost
-    fewer instructions than one joint call); the middleware then make the two calls."""
+    """A single Redis server makes the step one script, PostgreSQL one statement, and they
+    say so. SQLite and MySQL do not, nor does the memory store, which has no round trip to
+    save (its two calls cost fewer instructions than one joint call); the middleware then
+    make the two calls."""
     offers = getattr(store, "claims_with_hits", False)
-    assert offers is (store.backend == "redis")
-    assert isinstance(store, ClaimHitStore) is offers
+    postgres = store.backend == "sql" and store.engine.dialect.name == "postgresql"
+    assert offers is (store.backend == "redis" or postgres)
+    if offers:
+        assert isinstance(store, ClaimHitStore)
+    elif hasattr(store, "claim_and_hit"):
+        with pytest.raises(ConfigurationError):
+            await store.claim_and_hit("k", "fp", "t", tiers("n"), lease_ms=LEASE)
 
 
 async def test_a_fresh_claim_is_charged_as_the_two_calls_would(joint: Any) -> None:
@@ -84,6 +90,18 @@ async def test_a_key_already_claimed_or_stored_charges_nothing(joint: Any) -> No
     replay, _ = await joint.claim_and_hit("done", "fp", "t4", tiers("c"), lease_ms=LEASE)
     assert replay.response == b"stored"
     assert [d.remaining for d in await joint.hit(tiers("c", limit=1))] == [0, 5]
+
+
+async def test_a_key_whose_lease_ran_out_is_taken_and_charged(joint: Any, clock: FakeClock) -> None:
+    """A record whose holder died (its lease ran out) is taken over, and the hits charged."""
+    await joint.claim("lapsed", "fp", "dead", lease_ms=1_000)
+    clock.advance(2)
+    claim, decisions = await joint.claim_and_hit(
+        "lapsed", "fp2", "alive", tiers("d"), lease_ms=LEASE
+    )
+    assert claim.acquired is True
+    assert [d.remaining for d in decisions] == [1, 6]
+    assert await joint.complete("lapsed", "alive", b"ok", ttl_ms=TTL) is True
 
 
 async def test_concurrent_fresh_claims_admit_exactly_the_limit(joint: Any) -> None:

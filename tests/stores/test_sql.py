@@ -574,6 +574,26 @@ async def test_postgres_installs_a_missing_decision_function(clock: FakeClock) -
         assert [d.allowed for d in await store.hit([_hit("a", limit=1)])] == [False]
 
 
+@pytest.mark.postgres
+async def test_postgres_claims_and_decides_in_one_statement(clock: FakeClock) -> None:
+    """`claim_and_hit`: one statement whether it takes the key or finds it taken; a lapsed
+    lease takes the two calls' statements."""
+    from tests.stores.conftest import postgres_store
+
+    async with postgres_store(clock) as store:
+        hits = [_hit("a"), _hit("b")]
+        with _statements(store) as seen:
+            await store.claim_and_hit("k", "fp", "t", hits, lease_ms=LEASE)
+            await store.claim_and_hit("k", "fp", "u", hits, lease_ms=LEASE)
+        assert seen == ["WITH", "WITH"]
+        await store.claim("gone", "fp", "t", lease_ms=1)
+        clock.advance(1)
+        with _statements(store) as seen:
+            claim, _ = await store.claim_and_hit("gone", "fp", "u", hits, lease_ms=LEASE)
+        assert claim.acquired
+        assert seen == ["WITH", "WITH", "UPDATE", "SELECT"]
+
+
 # -- MySQL / MariaDB: one round trip per primitive ------------------------------------------
 
 

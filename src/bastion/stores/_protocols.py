@@ -134,9 +134,9 @@ class ClaimHitStore(IdempotencyStore, RateLimitStore, Protocol):
     A rate limiter outside the idempotency layer charges a keyed request only once its claim
     shows it fresh (`bastion.idempotency._quota`): two steps, two round trips on a networked
     store. When both middleware share a store whose ``claims_with_hits`` is True, they make
-    the one call below instead. A store sets it False where it cannot keep the step atomic
-    (`RedisStore` on a cluster, whose record and buckets live in different slots). A store
-    without round trips to save (`MemoryStore`) need not offer it.
+    the one call below instead. A store sets it False where it cannot make it one step
+    (`RedisStore` on a cluster, whose record and buckets live in different slots; `SQLStore`
+    but on PostgreSQL). A store without round trips to save (`MemoryStore`) need not offer it.
     """
 
     @property
@@ -146,10 +146,12 @@ class ClaimHitStore(IdempotencyStore, RateLimitStore, Protocol):
     async def claim_and_hit(
         self, key: str, fingerprint: str, token: str, hits: Sequence[RateLimitHit], *, lease_ms: int
     ) -> tuple[Claim, list[RateLimitDecision]]:
-        """`claim`, then, only when the claim was taken, `hit` with ``hits``, as one atomic step.
+        """`claim`, then, only when the claim was taken, `hit` with ``hits``, as one step.
 
         The decisions are empty when the claim was not taken: nothing was charged. A denied
-        hit leaves the claim taken, as the two calls would; the caller releases it.
+        hit leaves the claim taken, as the two calls would; the caller releases it. The step
+        is atomic where the store can make it so (Redis: one script); where it cannot in a
+        rare case (PostgreSQL taking over a lapsed lease), it is the two calls in order.
         """
 
 

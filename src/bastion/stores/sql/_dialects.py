@@ -18,9 +18,11 @@ from sqlalchemy import (
     BigInteger,
     Delete,
     Executable,
+    Integer,
     bindparam,
     case,
     delete,
+    exists,
     func,
     literal,
     literal_column,
@@ -45,9 +47,23 @@ Decided = tuple[bool, int, int, int]
 """A tier decided in the database: allowed, remaining, reset ms, retry-after ms."""
 ALGORITHM_CODES = {"fixed_window": "f", "sliding_window": "s", "gcra": "g"}
 """How the decision routines name the algorithms."""
+_DECIDE_ARGUMENTS = ("p_keys", "p_algorithms", "p_limits", "p_windows", "p_costs", "p_now")
+_DECIDED = ("allowed", "remaining", "reset_ms", "retry_after_ms")
 _PG_UNDEFINED_FUNCTION = "42883"
 _MYSQL_NO_ROUTINE = 1305
 _MYSQL_ROUTINE_EXISTS = 1304
+
+
+def decide_arguments(hits: Sequence[RateLimitHit], keys: Sequence[Any]) -> dict[str, Any]:
+    """The decision routines' arguments for ``hits`` (their keys' bound values ``keys``),
+    but the time."""
+    return {
+        "p_keys": list(keys),
+        "p_algorithms": [ALGORITHM_CODES[one.algorithm] for one in hits],
+        "p_limits": [one.limit for one in hits],
+        "p_windows": [one.window_ms for one in hits],
+        "p_costs": [one.cost for one in hits],
+    }
 
 
 class Dialect:
@@ -61,6 +77,8 @@ class Dialect:
     """Whether one statement decides every tier in the database (PostgreSQL's function,
     MySQL's procedure): otherwise the store locks the buckets, decides in Python and writes
     them in a transaction."""
+    joins_claims = False
+    """Whether one statement claims a key and decides the tiers (`claim_and_decide`)."""
 
     def __init__(self, tables: SQLTables) -> None:
         self.tables = tables
@@ -132,6 +150,14 @@ class Dialect:
         return self._bounded(token, TOKEN_BYTES)
 
     # -- statements -----------------------------------------------------------------------
+
+    async def claim_and_decide(
+        self, conn: AsyncConnection, params: dict[str, Any]
+    ) -> tuple[bool, Row | None, list[Decided]]:
+        """`claim`'s first statement and, when it took the key, `decide` (``params``: both
+        statements', the decision's time as ``p_decide_now``), in one statement; only where
+        `joins_claims`. The row read when the key was not taken, as `claim`'s."""
+        raise NotImplementedError
 
     async def begin(self, conn: AsyncConnection) -> None:
         """Called first in every store transaction (SQLite takes its write lock here)."""
@@ -220,6 +246,7 @@ class PostgreSQL(Dialect):
     name = "postgresql"
     autocommit = True
     decides_in_database = True
+    joins_claims = True
 
     def __init__(self, tables: SQLTables) -> None:
         super().__init__(tables)
@@ -238,6 +265,25 @@ class PostgreSQL(Dialect):
         self._claim_or_read = select(
             acquired, r.c.token, r.c.fingerprint, r.c.response, r.c.expires_at
         ).select_from(anchor.outerjoin(r, r.c.key == bindparam("p_key")))
+        # the same, and the function's decisions only when the insert took the key (a
+        # one-time filter: the function does not run otherwise), as one array per tier
+        decided = (
+            getattr(func, function)(
+                *(bindparam(name) for name in _DECIDE_ARGUMENTS[:-1]), bindparam("p_decide_now")
+            )
+            .table_valued("allowed", "remaining", "reset_ms", "retry_after_ms", with_ordinality="n")
+            .render_derived(name="d")
+        )
+        rows = postgresql.array(
+            [decided.c.allowed.cast(Integer), *(decided.c[c] for c in _DECIDED[1:])]
+        )
+        decisions = (
+            select(func.array_agg(postgresql.aggregate_order_by(rows, decided.c.n)))
+            .select_from(decided)
+            .where(exists(select(literal(1)).select_from(inserted)))
+            .scalar_subquery()
+        )
+        self._claim_and_decide = self._claim_or_read.add_columns(decisions)
 
     async def claim(self, conn: AsyncConnection, params: dict[str, Any]) -> tuple[bool, Row | None]:
         acquired, *row = (await conn.execute(self._claim_or_read, params)).one()
@@ -257,16 +303,18 @@ class PostgreSQL(Dialect):
         keys: Sequence[Any],
         now: int | None,
     ) -> list[Decided]:
-        params = {
-            "p_keys": list(keys),
-            "p_algorithms": [ALGORITHM_CODES[one.algorithm] for one in hits],
-            "p_limits": [one.limit for one in hits],
-            "p_windows": [one.window_ms for one in hits],
-            "p_costs": [one.cost for one in hits],
-            "p_now": now,
-        }
+        params = decide_arguments(hits, keys)
+        params["p_now"] = now
         rows = (await conn.execute(self._decide, params)).all()
         return [(bool(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    async def claim_and_decide(
+        self, conn: AsyncConnection, params: dict[str, Any]
+    ) -> tuple[bool, Row | None, list[Decided]]:
+        acquired, *row, decided = (await conn.execute(self._claim_and_decide, params)).one()
+        if not acquired:
+            return False, (None if row[0] is None else tuple(row)), []
+        return True, None, [(bool(a), int(b), int(c), int(d)) for a, b, c, d in decided]
 
     def missing_routine(self, exc: BaseException) -> bool:
         return getattr(getattr(exc, "orig", None), "sqlstate", None) == _PG_UNDEFINED_FUNCTION

@@ -23,7 +23,7 @@ from bastion.stores._protocols import (
     SlotDecision,
     SlotRequest,
 )
-from bastion.stores.sql._dialects import PING, Dialect, dialect_for
+from bastion.stores.sql._dialects import PING, Decided, Dialect, decide_arguments, dialect_for
 from bastion.stores.sql._engine import build_engine
 from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
 from bastion.stores.sql._functions import CLOCK_MS
@@ -403,20 +403,48 @@ class SQLStore:
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
             now = self._decision_now()
-            try:
-                decided = await dialect.decide(conn, hits, keys, now)
-            except sa_exc.DBAPIError as exc:
-                if not dialect.missing_routine(exc):
-                    raise
-                # tables made by a migration, or by an older bastion: install this version's
-                await dialect.install(conn)
-                decided = await dialect.decide(conn, hits, keys, now)
-            return [
-                RateLimitDecision(allowed, one.limit, remaining, reset, retry)
-                for one, (allowed, remaining, reset, retry) in zip(hits, decided, strict=True)
-            ]
+            decided = await _installing(dialect, conn, dialect.decide, conn, hits, keys, now)
+            return _decisions(hits, decided)
 
         return await self._run("hit", work, single=True)
+
+    @property
+    def claims_with_hits(self) -> bool:
+        """Whether `claim_and_hit` is one statement here: on PostgreSQL."""
+        return self._dialect.joins_claims
+
+    async def claim_and_hit(
+        self, key: str, fingerprint: str, token: str, hits: Sequence[RateLimitHit], *, lease_ms: int
+    ) -> tuple[Claim, list[RateLimitDecision]]:
+        """One statement for a free key (PostgreSQL: the claim's insert, and the decision
+        function run only when it took the key). A key whose lease ran out, or that was
+        released while the statement ran, takes `claim` and then `hit`, as the two calls."""
+        dialect = self._dialect
+        if not dialect.joins_claims:
+            raise ConfigurationError(f"claim_and_hit is not one statement on {dialect.name}")
+        params: dict[str, Any] = {
+            "p_key": dialect.key(key),
+            "p_token": dialect.token(token),
+            "p_fingerprint": fingerprint,
+            **decide_arguments(hits, [dialect.key(one.key) for one in hits]),
+        }
+
+        async def work(conn: AsyncConnection) -> tuple[int, bool, Any, list[Decided]]:
+            now = self._now()
+            params["p_now"], params["p_until"] = now, now + lease_ms
+            params["p_decide_now"] = self._decision_now()
+            answer = await _installing(dialect, conn, dialect.claim_and_decide, conn, params)
+            return now, *answer
+
+        now, acquired, row, decided = await self._run("claim", work, single=True)
+        if acquired:
+            return Claim(True, fingerprint), _decisions(hits, decided)
+        if row is not None and (row[2] is not None or row[3] > now):
+            _, held_fingerprint, response, until = row
+            remaining = 0 if response is not None else until - now
+            return Claim(False, held_fingerprint, response, remaining), []
+        claim = await self.claim(key, fingerprint, token, lease_ms=lease_ms)
+        return claim, await self.hit(hits) if claim.acquired else []
 
     # -- concurrency slots ----------------------------------------------------------------
 
@@ -472,3 +500,24 @@ class SQLStore:
             await conn.execute(statements.remove, params)
 
         await self._run("release_slots", work, single=True)
+
+
+async def _installing(
+    dialect: Dialect, conn: AsyncConnection, statement: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """``statement(*args)``, after installing this version's routines if they are missing
+    (tables made by a migration, or by an older bastion)."""
+    try:
+        return await statement(*args)
+    except sa_exc.DBAPIError as exc:
+        if not dialect.missing_routine(exc):
+            raise
+        await dialect.install(conn)
+        return await statement(*args)
+
+
+def _decisions(hits: Sequence[RateLimitHit], decided: Sequence[Decided]) -> list[RateLimitDecision]:
+    return [
+        RateLimitDecision(allowed, one.limit, remaining, reset, retry)
+        for one, (allowed, remaining, reset, retry) in zip(hits, decided, strict=True)
+    ]
