@@ -15,6 +15,9 @@ Three figures, with the GC enabled throughout (as in production):
   idempotency middleware alone whose handler answers a 2-byte body, per record, minus those
   2 bytes.
 
+The peer with a store in memory, fastapi-idempotency, is measured beside the last two (its
+store has no bound, so it is never capped).
+
     python benchmarks/bench_gc.py [--quick]
 """
 
@@ -128,8 +131,21 @@ async def one_by_one(app: Any, variant: stacks.Variant, tag: str, start: int, co
         raise SystemExit(f"{variant.name}: statuses {sorted(statuses)}")
 
 
+PEER = "peer fastapi-idempotency, first run"
+"""The peer whose store is in memory too (uncapped: it has no bound to set)."""
+
+
+def _missing(name: str) -> str | None:
+    """Why the variant ``name`` cannot be built here, or None."""
+    try:
+        stacks.build(name)
+    except ImportError as exc:
+        return f"{exc.name} is not installed (`python3 dev.py bench` installs the peers)"
+    return None
+
+
 async def pauses_under_traffic(name: str, requests: int, cap: int) -> Pauses:
-    app = _capped(name, cap)
+    app = stacks.build(PEER)[0] if name == PEER else _capped(name, cap)
     variant = stacks.VARIANTS["bare" if name == "bare" else "idempotency, first run"]
     gc.collect()
     with Pauses() as pauses:
@@ -142,12 +158,14 @@ async def tiny(request: Request) -> Response:
     return Response(TINY, status_code=201)
 
 
-async def bytes_per_record(records: int) -> float:
-    store = MemoryStore(max_records=records * 2)
-    app = Starlette(
-        routes=[Route(stacks.PATH, tiny, methods=["POST"])],
-        middleware=[Middleware(IdempotencyMiddleware, store=store)],
+async def bytes_per_record(records: int, *, peer: bool = False) -> float:
+    """What each record adds to the process; ``peer``: fastapi-idempotency's memory store."""
+    middleware = (
+        stacks._fastapi_idempotency()
+        if peer
+        else Middleware(IdempotencyMiddleware, store=MemoryStore(max_records=records * 2))
     )
+    app = Starlette(routes=[Route(stacks.PATH, tiny, methods=["POST"])], middleware=[middleware])
     variant = stacks.VARIANTS["idempotency, first run"]
     await one_by_one(app, variant, "warm", 0, 100)
     gc.collect()
@@ -163,11 +181,15 @@ async def bytes_per_record(records: int) -> float:
 async def main(quick: bool) -> None:
     records, requests, cap = (100_000, 30_000, 10_000) if quick else (1_000_000, 150_000, 100_000)
     empty, held = await collection_with(records)
-    traffic = {
-        name: await pauses_under_traffic(name, requests, cap)
-        for name in ("bare", "idempotency, first run", "full stack, memory")
-    }
+    names = ["bare", "idempotency, first run", "full stack, memory"]
+    peer = _missing(PEER)
+    if peer is None:
+        names.append(PEER)
+    traffic = {name: await pauses_under_traffic(name, requests, cap) for name in names}
     per_record = await bytes_per_record(2_000 if quick else 20_000)
+    peer_per_record = (
+        None if peer is not None else await bytes_per_record(2_000 if quick else 20_000, peer=True)
+    )
 
     print(f"\nfull collection (gc.collect(), best of 5), MemoryStore holding {records:,} records")
     ratio = held / empty
@@ -178,21 +200,25 @@ async def main(quick: bool) -> None:
         f"\nfull collections during {requests:,} first runs into a store capped at {cap:,} "
         "records (direct ASGI calls, GC on)"
     )
-    print(f"{'variant':<28} {'collections':>11} {'longest ms':>10} {'total ms':>9}")
+    print(f"{'variant':<36} {'collections':>11} {'longest ms':>10} {'total ms':>9}")
     for name, pauses in traffic.items():
         longest = max(pauses.times, default=0.0) * 1000
         print(
-            f"{name:<28} {len(pauses.times):>11} {longest:>10.2f} {sum(pauses.times) * 1000:>9.2f}"
+            f"{name:<36} {len(pauses.times):>11} {longest:>10.2f} {sum(pauses.times) * 1000:>9.2f}"
         )
     print(
         "  (issue 14, 150k first runs into 100k: 10 full collections, the longest 76 ms "
         "idempotency / 90 ms full stack; bare none)"
     )
+    if peer is not None:
+        print(f"  {PEER}: NOT MEASURED, {peer}")
     verdict = "met" if per_record <= TARGETS["bytes per record"] else "MISSED"
     print(
         f"\nbytes per record beyond a 2-byte body (tracemalloc): {per_record:,.0f} "
         f"(issue: 578); target <= {TARGETS['bytes per record']}: {verdict}"
     )
+    if peer_per_record is not None:
+        print(f"  {PEER} (its MemoryStore): {peer_per_record:,.0f}")
 
 
 if __name__ == "__main__":

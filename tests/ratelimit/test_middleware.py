@@ -341,7 +341,7 @@ async def test_settings_without_tiers_are_refused() -> None:
 
 async def test_hit_cache_stays_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     """Recently built hits are reused, the cache is emptied when full, and keys never mix."""
-    monkeypatch.setattr("bastion.ratelimit._middleware.HIT_CACHE_SIZE", 2)
+    monkeypatch.setattr("bastion.ratelimit._prepared.HIT_CACHE_SIZE", 2)
     store = CountingStore()
     app = limited(Tier(name="ip", limit=1, window=60), store=store)
     peers = [f"198.51.100.{i}" for i in range(5)]

@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from bastion._asgi import ANSWERED_SCOPE_KEY, send_problem
 from bastion._logging import ThrottledLogger
 from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.observe import Observer
 from bastion.ratelimit._answers import (
     all_allowed,
     send_denied,
@@ -35,6 +36,8 @@ from bastion.ratelimit._answers import (
     send_unavailable,
 )
 from bastion.ratelimit._headers import RETRY_AFTER, LimitItem, policy_item, rate_fields, seconds
+from bastion.ratelimit._prepared import PreparedTier
+from bastion.ratelimit._settings import RateLimitSettings
 from bastion.ratelimit.costs import BodyNotMeasurable, InvalidCost
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import (
@@ -44,10 +47,7 @@ from bastion.stores._protocols import (
     SlotRequest,
     TierValidatingStore,
 )
-from bastion.typing import Message, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from bastion.ratelimit._middleware import RateLimitMiddleware, _Tier
+from bastion.typing import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Admitted", "Featured"]
 
@@ -58,12 +58,25 @@ logger = logging.getLogger("bastion.ratelimit")
 failures = ThrottledLogger(logger)
 
 
+class Limiter(Protocol):
+    """What the featured path reads of its `RateLimitMiddleware`."""
+
+    app: ASGIApp
+    store: Any
+    settings: RateLimitSettings
+    observer: Observer
+    _headers: bool
+    _legacy: bool
+    _observe: bool
+    _unavailable_after: bytes
+
+
 class _Entry:
     """One applicable rate tier of one request."""
 
     __slots__ = ("cost", "decision", "hit", "key", "limit", "policy", "shown", "tier")
 
-    def __init__(self, tier: _Tier, key: str, limit: int, cost: int) -> None:
+    def __init__(self, tier: PreparedTier, key: str, limit: int, cost: int) -> None:
         self.tier = tier
         self.key = key
         self.limit = limit
@@ -107,7 +120,7 @@ class _Slot:
 
     __slots__ = ("decision", "key", "limit", "policy", "tier")
 
-    def __init__(self, tier: _Tier, key: str, limit: int) -> None:
+    def __init__(self, tier: PreparedTier, key: str, limit: int) -> None:
         self.tier = tier
         self.key = tier.prefix + key
         self.limit = limit
@@ -134,7 +147,7 @@ class _Answered(Exception):
 class Featured:
     """The longer path, bound to one middleware (its store, settings and observer)."""
 
-    def __init__(self, mw: RateLimitMiddleware) -> None:
+    def __init__(self, mw: Limiter) -> None:
         self.mw = mw
         self._lease_ms = mw.settings.concurrency_lease * 1000
         self._leases = LeaseRegistry(mw.settings.concurrency_lease / 3)
@@ -143,7 +156,12 @@ class Featured:
     # -- the request ------------------------------------------------------------------------
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, view: RequestView, tiers: list[_Tier]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        view: RequestView,
+        tiers: list[PreparedTier],
     ) -> None:
         admitted = await self.admit(scope, send, view, tiers)
         if admitted is None:
@@ -155,7 +173,7 @@ class Featured:
         await self._run_holding(scope, receive, wrapped, held, token)
 
     async def admit(
-        self, scope: Scope, send: Send, view: RequestView, tiers: list[_Tier]
+        self, scope: Scope, send: Send, view: RequestView, tiers: list[PreparedTier]
     ) -> Admitted | None:
         """Decide the request: None when it was answered (429, 503, 400, 413), else the send
         that adds its fields and counts its response, the concurrency slots it holds (to be
@@ -215,7 +233,7 @@ class Featured:
 
         return renew
 
-    def late_hits(self, view: RequestView, tiers: list[_Tier]) -> list[RateLimitHit]:
+    def late_hits(self, view: RequestView, tiers: list[PreparedTier]) -> list[RateLimitHit]:
         """The static charge of the rate tiers (no slots, no computed costs, no overrides),
         for a request that was answered before anyone decided it."""
         return [
@@ -225,7 +243,7 @@ class Featured:
         ]
 
     async def _collect(
-        self, scope: Scope, send: Send, view: RequestView, tiers: list[_Tier]
+        self, scope: Scope, send: Send, view: RequestView, tiers: list[PreparedTier]
     ) -> tuple[list[_Entry], list[_Slot]]:
         entries: list[_Entry] = []
         slots: list[_Slot] = []
@@ -250,7 +268,7 @@ class Featured:
             entries.append(_Entry(tier, key, limit, cost))
         return entries, slots
 
-    def _valid_limit(self, tier: _Tier, limit: int) -> bool:
+    def _valid_limit(self, tier: PreparedTier, limit: int) -> bool:
         store = self.mw.store
         if tier.concurrency or not isinstance(store, TierValidatingStore):
             return True
@@ -451,7 +469,7 @@ class Featured:
             if mw._observe:
                 mw.observer.rate_limit(scope, tier.name, outcome)  # type: ignore[arg-type]
 
-    async def _failed(self, scope: Scope, send: Send, tiers: list[_Tier]) -> None:
+    async def _failed(self, scope: Scope, send: Send, tiers: list[PreparedTier]) -> None:
         """Fail open unless an enforced tier says to fail closed (a shadow tier never does)."""
         closed = False
         for tier in tiers:

@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
 from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
-from bastion.observe import timed
+from bastion.observe import Observer, timed
+from bastion.ratelimit._featured import Featured
+from bastion.ratelimit._prepared import PreparedTier, TierGroup
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import RateLimitHit
-from bastion.typing import Message, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from bastion.ratelimit._middleware import RateLimitMiddleware, _Group, _Tier
+from bastion.typing import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Gate", "idempotency_inside"]
 
@@ -54,6 +53,37 @@ def idempotency_inside(app: Any) -> IdempotencyMiddleware | None:
         if app is None:
             return None
     return None
+
+
+Fields = Sequence[tuple[bytes, bytes]]
+
+
+class Limiter(Protocol):
+    """What a gate reads of its `RateLimitMiddleware`."""
+
+    app: ASGIApp
+    store: Any
+    observer: Observer
+    _backend: str
+    _featured: Featured
+    _joint: bool
+    _replay: PreparedTier | None
+
+    def _hits(
+        self, view: RequestView, tiers: list[PreparedTier]
+    ) -> tuple[list[RateLimitHit], list[PreparedTier]]: ...
+
+    async def _decide(
+        self,
+        scope: Scope,
+        send: Send,
+        tiers: list[PreparedTier],
+        hits: list[RateLimitHit],
+        group: TierGroup | None = None,
+        *,
+        shadow: bool = False,
+        charged: object = ...,
+    ) -> Fields | None: ...
 
 
 class Gate:
@@ -77,12 +107,12 @@ class Gate:
 
     def __init__(
         self,
-        mw: RateLimitMiddleware,
+        mw: Limiter,
         scope: Scope,
         send: Send,
         view: RequestView,
-        group: _Group,
-        tiers: list[_Tier],
+        group: TierGroup,
+        tiers: list[PreparedTier],
     ) -> None:
         self.mw = mw
         self.scope = scope
@@ -94,7 +124,7 @@ class Gate:
         self.fields: Sequence[tuple[bytes, bytes]] = ()
         self.wrapped: Send = send
         self.release: Any = None
-        self.joint: tuple[list[RateLimitHit], list[_Tier]] | None = None
+        self.joint: tuple[list[RateLimitHit], list[PreparedTier]] | None = None
         # another limiter outside this one left its gate: settle it first
         self.outer: QuotaGate | None = scope.get(QUOTA_GATE_KEY)
 
@@ -194,7 +224,7 @@ class Gate:
             failures.warning(f"rate-limit store failed ({type(exc).__name__})")
 
 
-def _applies(tier: _Tier, scope: Scope) -> bool:
+def _applies(tier: PreparedTier, scope: Scope) -> bool:
     if tier.methods and normal_method(scope["method"]) not in tier.methods:
         return False
     path = normal_path(scope["path"])

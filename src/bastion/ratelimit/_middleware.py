@@ -16,13 +16,11 @@ from bastion.ratelimit._featured import Featured
 from bastion.ratelimit._gate import Gate, idempotency_inside
 from bastion.ratelimit._headers import (
     LimitItem,
-    limit_prefix,
-    policy_item,
     rate_fields,
 )
+from bastion.ratelimit._prepared import PreparedTier, TierGroup
 from bastion.ratelimit._proxies import AddressResolver
 from bastion.ratelimit._settings import RateLimitSettings
-from bastion.ratelimit._tiers import Tier, compile_routes
 from bastion.ratelimit.keys import RequestView
 from bastion.stores._protocols import (
     ClaimHitStore,
@@ -39,101 +37,9 @@ __all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware"]
 logger = logging.getLogger("bastion.ratelimit")
 store_failures = ThrottledLogger(logger)
 
-HIT_CACHE_SIZE = 4096
-"""Hits kept per tier for keys seen recently; the cache is emptied whenever it fills."""
-
 Fields = Sequence[tuple[bytes, bytes]]
 NO_FIELDS: Fields = ()
 _UNDECIDED = object()
-
-
-class _Tier:
-    """A tier with everything a request needs precomputed."""
-
-    __slots__ = (
-        "algorithm",
-        "concurrency",
-        "cost",
-        "cost_of",
-        "count_when",
-        "everything",
-        "exact",
-        "fail_open",
-        "featured",
-        "hits",
-        "key",
-        "limit",
-        "limit_prefix",
-        "methods",
-        "name",
-        "needs_body",
-        "overrides",
-        "pattern",
-        "policy",
-        "prefix",
-        "shadow",
-        "unit",
-        "window",
-        "window_ms",
-    )
-
-    def __init__(self, tier: Tier, fail_open: bool, shadow: bool = False) -> None:
-        matcher = compile_routes(tier.routes)
-        self.everything = matcher.everything
-        self.exact = matcher.exact
-        self.pattern = matcher.pattern
-        self.name = tier.name
-        self.methods = tier.methods
-        self.key = tier.key
-        self.needs_body = bool(tier.key.needs_body) or bool(getattr(tier.cost, "needs_body", False))
-        self.prefix = tier.name + ":"
-        self.algorithm = tier.algorithm
-        self.limit = tier.limit
-        self.window = None if tier.concurrency else tier.window
-        self.window_ms = tier.window_ms
-        # a computed cost (cost_of) is asked per request; `cost` is then a placeholder
-        self.cost_of = None if isinstance(tier.cost, int) else tier.cost
-        self.cost = tier.cost if isinstance(tier.cost, int) else 1
-        self.fail_open = fail_open if tier.fail_open is None else tier.fail_open
-        self.limit_prefix = limit_prefix(tier.name)
-        self.unit = tier.unit
-        self.policy = policy_item(tier.name, tier.limit, self.window, tier.unit)
-        self.shadow = shadow or tier.shadow
-        when = tier.count_when
-        self.count_when = when.__contains__ if isinstance(when, frozenset) else when
-        self.overrides = tier.overrides
-        self.concurrency = tier.concurrency
-        self.featured = bool(
-            self.shadow
-            or self.cost_of is not None
-            or self.count_when is not None
-            or self.overrides is not None
-            or self.concurrency
-        )
-        # the same key asks for the same (immutable) hit every time: build it once
-        self.hits: dict[str, RateLimitHit] = {}
-
-    def hit(self, key: str) -> RateLimitHit:
-        """Build and cache the hit for ``key`` (the middleware looks in ``hits`` first)."""
-        if len(self.hits) >= HIT_CACHE_SIZE:
-            self.hits.clear()
-        hit = self.hits[key] = RateLimitHit(
-            self.prefix + key, self.algorithm, self.limit, self.window_ms, self.cost
-        )
-        return hit
-
-
-class _Group:
-    """The tiers that may apply to one method, and their policy field when all of them do."""
-
-    __slots__ = ("featured", "policy", "tiers")
-
-    def __init__(self, tiers: tuple[_Tier, ...]) -> None:
-        self.tiers = tiers
-        self.policy = b", ".join(tier.policy for tier in tiers)
-        # any tier using shadow mode, a computed cost, overrides, count_when or concurrency
-        # sends the request down the longer path; without them the path is as it always was
-        self.featured = any(tier.featured for tier in tiers)
 
 
 class RateLimitMiddleware:
@@ -193,7 +99,7 @@ class RateLimitMiddleware:
             proxy_header=settings.proxy_header,
             ipv6_prefix_length=settings.ipv6_prefix_length,
         )
-        tiers = [_Tier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
+        tiers = [PreparedTier(tier, settings.fail_open, settings.shadow) for tier in settings.tiers]
         self._featured = Featured(self)
         # keyed requests an idempotency layer inside decides are charged once it has decided
         self._idempotency = idempotency = idempotency_inside(app)
@@ -206,14 +112,14 @@ class RateLimitMiddleware:
         )
         replay = settings.replay_tier
         self._replay = (
-            None if replay is None else _Tier(replay, settings.fail_open, settings.shadow)
+            None if replay is None else PreparedTier(replay, settings.fail_open, settings.shadow)
         )
         # tiers by method, so a request only looks at the tiers that can apply to it
         pairs = list(zip(tiers, settings.tiers, strict=True))
         methods = {method for tier in settings.tiers for method in tier.methods}
-        self._any_method = _Group(tuple(t for t, s in pairs if not s.methods))
+        self._any_method = TierGroup(tuple(t for t, s in pairs if not s.methods))
         self._by_method = {
-            method: _Group(tuple(t for t, s in pairs if not s.methods or method in s.methods))
+            method: TierGroup(tuple(t for t, s in pairs if not s.methods or method in s.methods))
             for method in methods
         }
 
@@ -224,7 +130,7 @@ class RateLimitMiddleware:
         path = normal_path(scope["path"])
         method = normal_method(scope["method"])
         group = self._by_method.get(method, self._any_method)
-        applicable: list[_Tier] = []
+        applicable: list[PreparedTier] = []
         needs_body = False
         for tier in group.tiers:
             if (
@@ -273,11 +179,11 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_fields)
 
     def _hits(
-        self, view: RequestView, tiers: list[_Tier]
-    ) -> tuple[list[RateLimitHit], list[_Tier]]:
+        self, view: RequestView, tiers: list[PreparedTier]
+    ) -> tuple[list[RateLimitHit], list[PreparedTier]]:
         """The hit of each tier that finds a key for the request, and those tiers."""
         hits: list[RateLimitHit] = []
-        keyed: list[_Tier] = []
+        keyed: list[PreparedTier] = []
         for tier in tiers:
             key = tier.key(view)
             if key is not None:
@@ -290,9 +196,9 @@ class RateLimitMiddleware:
         self,
         scope: Scope,
         send: Send,
-        tiers: list[_Tier],
+        tiers: list[PreparedTier],
         hits: list[RateLimitHit],
-        group: _Group | None = None,
+        group: TierGroup | None = None,
         *,
         shadow: bool = False,
         charged: object = _UNDECIDED,
@@ -351,7 +257,7 @@ class RateLimitMiddleware:
         ]
         return rate_fields(policy, items, legacy=self._legacy)
 
-    async def _failed(self, scope: Scope, send: Send, tiers: list[_Tier]) -> bool:
+    async def _failed(self, scope: Scope, send: Send, tiers: list[PreparedTier]) -> bool:
         """The store failed: True to go on without fields (nothing is known), unless a tier
         fails closed: then 503 is sent, and False."""
         closed = False
