@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
@@ -30,18 +30,14 @@ from bastion.idempotency._decision import (
     waits,
 )
 from bastion.idempotency._fingerprint import normal_fingerprint
-from bastion.idempotency._keys import (
-    scoped_key,
-)
-from bastion.idempotency._lease import run_keeping_lease
+from bastion.idempotency._keys import scoped_key
+from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate, settle
+from bastion.idempotency._settings import IdempotencySettings
 from bastion.idempotency._tokens import new_token
-from bastion.observe import timed
-from bastion.stores._protocols import Claim, ClaimHitStore, RateLimitHit
-from bastion.typing import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from bastion.idempotency._middleware import IdempotencyMiddleware
+from bastion.observe import IdempotencyOutcome, Observer, timed
+from bastion.stores._protocols import Claim, ClaimHitStore, IdempotencyStore, RateLimitHit
+from bastion.typing import ASGIApp, PrincipalExtractor, Receive, Scope, Send
 
 __all__ = ["KeyedRequest"]
 
@@ -53,6 +49,39 @@ REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 _WAIT_FIRST_POLL = 0.01
 _WAIT_MAX_POLL = 0.25
 _T = TypeVar("_T")
+
+
+class Idempotent(Protocol):
+    """What a keyed request reads of its `IdempotencyMiddleware`: its configuration, computed
+    once, and its answer for a request it will not run."""
+
+    app: ASGIApp
+    store: IdempotencyStore
+    settings: IdempotencySettings
+    principal: PrincipalExtractor
+    observer: Observer
+    _backend: str
+    _lease_ms: int
+    _ttl_ms: int
+    _leases: LeaseRegistry
+    _shield_claims: bool
+    _bare_claims: bool
+    _max_response: int
+    _claimed: Any
+    _span_context: Any
+    _replayed_from: Any
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        outcome: IdempotencyOutcome,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None: ...
 
 
 def _checked(claim: object) -> Claim:
@@ -106,7 +135,7 @@ class KeyedRequest(IdempotencyContext):
 
     def __init__(
         self,
-        mw: IdempotencyMiddleware,
+        mw: Idempotent,
         scope: Scope,
         key: str,
         body: bytes,
