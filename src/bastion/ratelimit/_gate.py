@@ -56,6 +56,7 @@ def idempotency_inside(app: Any) -> IdempotencyMiddleware | None:
 
 
 Fields = Sequence[tuple[bytes, bytes]]
+"""Header fields a limiter adds to a response."""
 
 
 class Limiter(Protocol):
@@ -121,7 +122,7 @@ class Gate:
         self.group = group
         self.tiers = tiers
         self.settled = False
-        self.fields: Sequence[tuple[bytes, bytes]] = ()
+        self.fields: Fields = ()
         self.wrapped: Send = send
         self.release: Any = None
         self.joint: tuple[list[RateLimitHit], list[PreparedTier]] | None = None

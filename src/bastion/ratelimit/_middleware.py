@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import cast
 
 from bastion._asgi import ClientDisconnected, header, replay_receive
@@ -13,7 +12,7 @@ from bastion.exceptions import ConfigurationError
 from bastion.observe import NULL_OBSERVER, Observer, timed
 from bastion.ratelimit._answers import QUOTA_EXCEEDED, all_allowed, send_denied, send_unavailable
 from bastion.ratelimit._featured import Featured
-from bastion.ratelimit._gate import Gate, idempotency_inside
+from bastion.ratelimit._gate import Fields, Gate, idempotency_inside
 from bastion.ratelimit._headers import (
     LimitItem,
     rate_fields,
@@ -37,7 +36,6 @@ __all__ = ["QUOTA_EXCEEDED", "RateLimitMiddleware"]
 logger = logging.getLogger("bastion.ratelimit")
 store_failures = ThrottledLogger(logger)
 
-Fields = Sequence[tuple[bytes, bytes]]
 NO_FIELDS: Fields = ()
 _UNDECIDED = object()
 
