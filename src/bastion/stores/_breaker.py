@@ -110,6 +110,17 @@ class CircuitBreaker:
         self._streak = 0
         self._opened_at = None
 
+    def _count(self, probe: bool, error: BaseException | None) -> None:
+        """Count how a call admitted by `_admit` ended: ``error`` None when it succeeded."""
+        if probe:
+            self._probing = False
+        if error is None or (
+            isinstance(error, StoreError) and not isinstance(error, StoreUnavailable)
+        ):
+            self._succeeded()  # the backend answered, if only with an error
+        elif isinstance(error, Exception):
+            self._failed()  # not a cancellation: that says nothing of the backend
+
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation`` unless the breaker is open; count how it went."""
         if not self._failures:
@@ -117,19 +128,10 @@ class CircuitBreaker:
         probe = self._admit()
         try:
             result = await operation()
-        except StoreUnavailable:
-            self._failed()
+        except BaseException as exc:
+            self._count(probe, exc)
             raise
-        except StoreError:
-            self._succeeded()  # the backend answered, if only with an error
-            raise
-        except Exception:
-            self._failed()
-            raise
-        finally:
-            if probe:
-                self._probing = False
-        self._succeeded()
+        self._count(probe, None)
         return result
 
     def reset(self) -> None:
@@ -191,7 +193,7 @@ class Gate:
     async def call(self, operation: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``call(*args)`` once a place is free, within ``timeout`` of waiting for its answer.
 
-        The breaker's bookkeeping is inlined (the same as `CircuitBreaker.call`) rather than
+        The breaker is asked and told directly (`CircuitBreaker.call`'s own steps) rather than
         wrapped around another coroutine: this runs on every store call.
         """
         breaker = self.breaker
@@ -209,30 +211,21 @@ class Gate:
                 async with self._deadline(deadline):
                     result = await call(*args)
             except TimeoutError as exc:
-                if counted:
-                    breaker._failed()
-                raise StoreUnavailable(
+                error = StoreUnavailable(
                     f"{self.name} did not answer {operation} within {self.timeout} s"
-                ) from exc
-            except StoreUnavailable:
+                )
                 if counted:
-                    breaker._failed()
-                raise
-            except StoreError:
-                self._answered_at = self._clock()  # an error reply is an answer
+                    breaker._count(probe, error)
+                raise error from exc
+            except BaseException as exc:
+                if isinstance(exc, StoreError) and not isinstance(exc, StoreUnavailable):
+                    self._answered_at = self._clock()  # an error reply is an answer
                 if counted:
-                    breaker._succeeded()  # the backend answered, if only with an error
+                    breaker._count(probe, exc)
                 raise
-            except Exception:
-                if counted:
-                    breaker._failed()
-                raise
-            finally:
-                if probe:
-                    breaker._probing = False
             self._answered_at = self._clock()
             if counted:
-                breaker._succeeded()
+                breaker._count(probe, None)
             return result
         finally:
             self._leave()
