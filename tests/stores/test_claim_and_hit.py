@@ -75,6 +75,13 @@ async def test_a_fresh_claim_is_charged_as_the_two_calls_would(joint: Any) -> No
     assert await joint.release("a2", "t2") is True
 
 
+async def test_no_hits_is_a_plain_claim(joint: Any) -> None:
+    """With nothing to charge the call is a claim, and answers no decisions."""
+    claim, decisions = await joint.claim_and_hit("alone", "fp", "t", [], lease_ms=LEASE)
+    assert claim.acquired is True
+    assert decisions == []
+
+
 async def test_a_key_already_claimed_or_stored_charges_nothing(joint: Any) -> None:
     """In flight, stored or reused with another body: the claim says so and no bucket moves."""
     await joint.claim("flying", "fp", "t1", lease_ms=LEASE)

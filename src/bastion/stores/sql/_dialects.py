@@ -314,7 +314,7 @@ class PostgreSQL(Dialect):
         acquired, *row, decided = (await conn.execute(self._claim_and_decide, params)).one()
         if not acquired:
             return False, (None if row[0] is None else tuple(row)), []
-        return True, None, [(bool(a), int(b), int(c), int(d)) for a, b, c, d in decided]
+        return True, None, [(bool(a), int(b), int(c), int(d)) for a, b, c, d in decided or ()]
 
     def missing_routine(self, exc: BaseException) -> bool:
         return getattr(getattr(exc, "orig", None), "sqlstate", None) == _PG_UNDEFINED_FUNCTION
