@@ -11,7 +11,7 @@ import anyio
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from bastion.exceptions import ConfigurationError
+from bastion.exceptions import ConfigurationError, StoreError
 from bastion.stores import ClaimHitStore, RateLimitHit, RedisStore
 from tests.conftest import FakeClock
 from tests.stores.conftest import STORES
@@ -129,6 +129,22 @@ async def test_concurrent_fresh_claims_admit_exactly_the_limit(joint: Any) -> No
 
 
 # -- Redis: one script, one round trip; never on a cluster ----------------------------------
+
+
+@pytest.fixture(params=[p for p in JOINT_STORES if p.id != "postgres"])
+async def redis_joint(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Any]:
+    async with request.param(clock) as store:
+        yield store
+
+
+async def test_a_decision_that_fails_leaves_no_claim_behind(redis_joint: Any) -> None:
+    """A bucket key holding another type fails the script after its claim wrote the record:
+    the script undoes the claim, so the key is free for the retry, and the call fails."""
+    hits = tiers("broken")
+    await redis_joint.client.hset(redis_joint.bucket_key(hits[0].key), "x", "1")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        await redis_joint.claim_and_hit("k", "fp", "t1", hits, lease_ms=LEASE)
+    assert (await redis_joint.claim("k", "fp", "t2", lease_ms=LEASE)).acquired is True
 
 
 @pytest.fixture
