@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -592,6 +593,19 @@ async def test_postgres_claims_and_decides_in_one_statement(clock: FakeClock) ->
             claim, _ = await store.claim_and_hit("gone", "fp", "u", hits, lease_ms=LEASE)
         assert claim.acquired
         assert seen == ["WITH", "WITH", "UPDATE", "SELECT"]
+
+
+@pytest.mark.mysql
+async def test_creating_the_tables_on_mysql_logs_no_warning(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping routines that are not there yet is no news: the driver logs no warning."""
+    from tests.stores.conftest import mysql_store
+
+    with caplog.at_level(logging.WARNING, logger="asyncmy"):
+        async with mysql_store(clock) as store:
+            await store.ping()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("asyncmy")] == []
 
 
 # -- MySQL / MariaDB: one round trip per primitive ------------------------------------------

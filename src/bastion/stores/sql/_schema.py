@@ -95,7 +95,7 @@ def _buckets(metadata: MetaData, prefix: str) -> Table:
     for when, statements, dialects in (
         ("after_create", function_ddl, ("postgresql",)),
         ("before_drop", drop_ddl, ("postgresql",)),
-        ("after_create", lambda p: [*mysql_drop_ddl(p), *mysql_ddl(p)], _MYSQL),
+        ("after_create", lambda p: [*_quietly(mysql_drop_ddl(p)), *mysql_ddl(p)], _MYSQL),
         ("before_drop", mysql_drop_ddl, _MYSQL),
     ):
         for statement in statements(prefix):
@@ -152,3 +152,14 @@ def build_metadata(prefix: str = DEFAULT_PREFIX) -> MetaData:
     metadata = MetaData()
     define_tables(metadata, prefix)
     return metadata
+
+
+def _quietly(statements: list[str]) -> list[str]:
+    """``statements`` with MySQL's notes off (and back as they were): dropping a routine that
+    is not there yet is no news, and drivers log every note as a warning."""
+    return [
+        "SET @bastion_sql_notes = @@session.sql_notes",
+        "SET SESSION sql_notes = 0",
+        *statements,
+        "SET SESSION sql_notes = @bastion_sql_notes",
+    ]
