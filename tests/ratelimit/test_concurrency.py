@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from bastion import ConfigurationError, RateLimitMiddleware, RateLimitSettings, Tier
+from bastion import (
+    ConfigurationError,
+    IdempotencyMiddleware,
+    RateLimitMiddleware,
+    RateLimitSettings,
+    Tier,
+)
+from bastion.stores import MemoryStore
 from bastion.typing import Message, Receive, Scope, Send
 from tests.asgi import http_scope
 from tests.conftest import FakeClock
@@ -163,3 +171,34 @@ def test_a_store_without_slots_is_refused_at_start_up() -> None:
 
     with pytest.raises(ConfigurationError, match="concurrency"):
         guarded(Gate(), RateOnly())
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_keyed_request_admitted_after_its_claim_renews_its_slot(
+    anyio_backend: str, clock: FakeClock
+) -> None:
+    """The limiter outside an idempotency layer takes a keyed request's slot once its claim
+    shows it fresh, mid-request: the slot is renewed while it runs, on trio as on asyncio."""
+    store = MemoryStore(clock=clock)
+    gate = Gate()
+    renewed = anyio.Event()
+    inner_renew = store.renew_slots
+
+    async def renew(keys: Any, token: str, *, lease_ms: int) -> bool:
+        ok = await inner_renew(keys, token, lease_ms=lease_ms)
+        renewed.set()
+        return ok
+
+    store.renew_slots = renew  # type: ignore[method-assign]
+    app = guarded(IdempotencyMiddleware(gate, store=store), store, limit=1, concurrency_lease=1)
+    keyed = {"idempotency-key": "first"}
+    async with client(app) as http, anyio.create_task_group() as tg:
+        tg.start_soon(partial(http.post, "/", content=b"{}", headers=keyed))
+        await gate.entered.wait()
+        clock.advance(0.8)
+        with anyio.fail_after(30):
+            await renewed.wait()
+        clock.advance(0.7)  # past the first lease's end, inside the renewed one
+        refused = await http.post("/", content=b"{}", headers={"idempotency-key": "second"})
+        gate.open.set()
+    assert refused.status_code == 429

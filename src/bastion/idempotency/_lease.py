@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-__all__ = ["LeaseRegistry", "run_keeping_lease"]
+__all__ = ["LeaseRegistry", "renew_every", "run_keeping_lease"]
 
 Renew = Callable[[], Awaitable[bool]]
 """Renews once; False means stop (the lease is lost or no longer needed)."""
 
 
-async def _renew_every(interval: float, renew: Renew) -> None:
+async def renew_every(interval: float, renew: Renew) -> None:
+    """Renew every ``interval`` seconds until ``renew`` says there is nothing left to hold."""
     while True:
         await anyio.sleep(interval)
         if not await renew():
@@ -68,7 +69,7 @@ class _LoopLeases:
     async def _keep(self, holder: object, renew: Renew) -> None:
         try:
             if await renew():
-                await _renew_every(self.interval, renew)
+                await renew_every(self.interval, renew)
         finally:
             if self.tasks.get(holder) is asyncio.current_task():
                 # renewing stopped by itself (lease lost, or no longer needed): sweep it no more
@@ -94,6 +95,16 @@ class LeaseRegistry:
             weakref.WeakKeyDictionary()
         )
 
+    @staticmethod
+    def available() -> bool:
+        """Whether `add` can keep leases here (on asyncio); elsewhere the caller runs
+        `renew_every` in a task group of its own."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
     def add(self, holder: object, renew: Renew) -> _LoopLeases | None:
         """Register a running request; None when not on asyncio (use `run_keeping_lease`),
         else what to hand to `remove` once it has finished."""
@@ -118,7 +129,7 @@ async def run_keeping_lease(
     the caller re-raises it unwrapped from the task group's exception group."""
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_renew_every, interval, renew)
+        tg.start_soon(renew_every, interval, renew)
         try:
             await call()
         except Exception as exc:

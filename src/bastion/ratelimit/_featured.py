@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from bastion._asgi import ANSWERED_SCOPE_KEY, send_problem
 from bastion._logging import ThrottledLogger
-from bastion.idempotency._lease import LeaseRegistry, run_keeping_lease
+from bastion.idempotency._lease import LeaseRegistry, renew_every, run_keeping_lease
 from bastion.observe import Observer
 from bastion.ratelimit._answers import (
     all_allowed,
@@ -203,12 +204,17 @@ class Featured:
         )
         return wrapped, held, token
 
-    def keep_slots(self, held: list[str], token: str) -> Callable[[], Awaitable[None]]:
+    def keep_slots(
+        self, held: list[str], token: str, renewals: TaskGroup | None
+    ) -> Callable[[], Awaitable[None]]:
         """Renew ``held`` while a request admitted earlier runs; returns what releases them
-        (`RateLimitMiddleware` outside an idempotency layer admits mid-request)."""
+        (`RateLimitMiddleware` outside an idempotency layer admits mid-request). Off asyncio
+        the renewals run in ``renewals``, a task group around the rest of the request."""
         renew = self._renewer(held, token)
         holder = object()
         leases = self._leases.add(holder, renew)
+        if leases is None and renewals is not None:
+            renewals.start_soon(renew_every, self._lease_ms / 3000, renew)
 
         async def release() -> None:
             if leases is not None:

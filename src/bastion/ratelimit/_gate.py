@@ -24,8 +24,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import anyio
+from anyio.abc import TaskGroup
+
 from bastion._logging import ThrottledLogger
 from bastion._paths import normal_method, normal_path
+from bastion.idempotency._lease import LeaseRegistry
 from bastion.idempotency._middleware import IdempotencyMiddleware
 from bastion.idempotency._quota import QUOTA_GATE_KEY, QuotaGate
 from bastion.observe import Observer, timed
@@ -98,6 +102,7 @@ class Gate:
         "mw",
         "outer",
         "release",
+        "renewals",
         "scope",
         "send",
         "settled",
@@ -125,6 +130,7 @@ class Gate:
         self.fields: Fields = ()
         self.wrapped: Send = send
         self.release: Any = None
+        self.renewals: TaskGroup | None = None
         self.joint: tuple[list[RateLimitHit], list[PreparedTier]] | None = None
         # another limiter outside this one left its gate: settle it first
         self.outer: QuotaGate | None = scope.get(QUOTA_GATE_KEY)
@@ -133,13 +139,31 @@ class Gate:
         """Call the app with the gate in the scope; charge afterwards if nobody settled it."""
         self.scope[QUOTA_GATE_KEY] = self
         try:
-            await self.mw.app(self.scope, receive, self._send)
+            if self.group.featured and not LeaseRegistry.available():
+                await self._run_renewing(receive)
+            else:
+                await self.mw.app(self.scope, receive, self._send)
         finally:
             if self.release is not None:
                 await self.release()
         if not self.settled:
             self.scope.pop(QUOTA_GATE_KEY, None)
             await self._late_charge()
+
+    async def _run_renewing(self, receive: Receive) -> None:
+        """The app inside a task group where concurrency slots taken mid-request are renewed
+        (off asyncio, where the middleware's shared lease timer does not run)."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            self.renewals = tg
+            try:
+                await self.mw.app(self.scope, receive, self._send)
+            except Exception as exc:
+                error = exc  # raised below, not wrapped in the task group's exception group
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     async def _send(self, message: Message) -> None:
         if self.fields and message["type"] == "http.response.start":
@@ -161,7 +185,7 @@ class Gate:
                 return False
             self.wrapped, held, token = admitted
             if held:
-                self.release = mw._featured.keep_slots(held, token)
+                self.release = mw._featured.keep_slots(held, token, self.renewals)
             return True
         hits, tiers = mw._hits(self.view, self.tiers)
         if not hits:
