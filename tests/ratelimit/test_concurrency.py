@@ -55,6 +55,20 @@ class Gate:
             self.inside -= 1
 
 
+def _note_renewals(store: Any) -> anyio.Event:
+    """An event set once ``store`` has renewed slots."""
+    renewed = anyio.Event()
+    inner_renew = store.renew_slots
+
+    async def renew(keys: Any, token: str, *, lease_ms: int) -> bool:
+        ok = await inner_renew(keys, token, lease_ms=lease_ms)
+        renewed.set()
+        return bool(ok)
+
+    store.renew_slots = renew
+    return renewed
+
+
 def guarded(app: Any, store: Any, limit: int = 2, **settings: Any) -> RateLimitMiddleware:
     tier = Tier.concurrent("inflight", limit)
     return RateLimitMiddleware(
@@ -120,15 +134,7 @@ async def test_a_running_request_renews_its_slot(any_store: Any, clock: FakeCloc
     """A request outliving its lease keeps its slot, renewed while it runs; were it not
     renewed, the lease would have run out and a second request been let in."""
     gate = Gate()
-    renewed = anyio.Event()
-    inner_renew = any_store.renew_slots
-
-    async def renew(keys: Any, token: str, *, lease_ms: int) -> bool:
-        ok = await inner_renew(keys, token, lease_ms=lease_ms)
-        renewed.set()
-        return ok
-
-    any_store.renew_slots = renew
+    renewed = _note_renewals(any_store)
     app = guarded(gate, any_store, limit=1, concurrency_lease=1)
     async with client(app) as http, anyio.create_task_group() as tg:
         tg.start_soon(http.get, "/")
@@ -181,15 +187,7 @@ async def test_a_keyed_request_admitted_after_its_claim_renews_its_slot(
     shows it fresh, mid-request: the slot is renewed while it runs, on trio as on asyncio."""
     store = MemoryStore(clock=clock)
     gate = Gate()
-    renewed = anyio.Event()
-    inner_renew = store.renew_slots
-
-    async def renew(keys: Any, token: str, *, lease_ms: int) -> bool:
-        ok = await inner_renew(keys, token, lease_ms=lease_ms)
-        renewed.set()
-        return ok
-
-    store.renew_slots = renew  # type: ignore[method-assign]
+    renewed = _note_renewals(store)
     app = guarded(IdempotencyMiddleware(gate, store=store), store, limit=1, concurrency_lease=1)
     keyed = {"idempotency-key": "first"}
     async with client(app) as http, anyio.create_task_group() as tg:
