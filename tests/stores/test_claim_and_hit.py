@@ -178,6 +178,28 @@ async def test_claim_and_hit_is_one_round_trip_and_survives_a_script_flush(
         await store.aclose()
 
 
+@pytest.mark.redis
+async def test_a_broken_connection_falls_back_to_the_two_calls(
+    server: PrivateRedis, clock: FakeClock
+) -> None:
+    """Redis restarted while the loop did not run: the joint script's send goes out on a dead
+    socket. The call is not lost to a 503: the claim (safe to repeat) and the hits are sent
+    again, as the two calls, and the key is taken."""
+    store = RedisStore(url=server.url, clock=clock)
+    try:
+        await store.claim_and_hit("warm", "fp", "t0", tiers("w"), lease_ms=LEASE)
+        server.stop()
+        server.start()
+        with anyio.fail_after(30):
+            claim, decisions = await store.claim_and_hit(
+                "k", "fp", "t1", tiers("x"), lease_ms=LEASE
+            )
+        assert claim.acquired is True
+        assert [d.remaining for d in decisions] == [1, 6]
+    finally:
+        await store.aclose()
+
+
 async def test_a_cluster_store_does_not_claim_with_hits() -> None:
     """A record and its request's buckets hash to different slots: the store says it cannot,
     and refuses the call rather than send a cross-slot script."""

@@ -385,8 +385,17 @@ class RedisStore:
         keys = [self.record_key(key)]
         args: list[Any] = [fingerprint, token, lease_ms, self._now(), lease_ms + self._slack]
         self._hit_arguments(hits, keys, args)
-        # not repeatable: the hits may already have been counted
-        claimed, charged = await self._run("claim_hit", keys, args, repeatable=False)
+        try:
+            # not repeatable as it is: the hits may already have been counted
+            claimed, charged = await self._run("claim_hit", keys, args, repeatable=False)
+        except StoreUnavailable as exc:
+            if not self.retries or not _rc.connection_lost(exc):
+                raise
+            # the connection broke, so the script may have run: the claim is safe to send
+            # again (this token's own claim answers taken), the hits go once more, so such a
+            # request may be counted twice, never run twice
+            claim = await self.claim(key, fingerprint, token, lease_ms=lease_ms)
+            return claim, await self.hit(hits) if claim[0] else []
         claim = _claim(claimed, fingerprint)
         return claim, _decisions(hits, charged) if claim[0] else []
 

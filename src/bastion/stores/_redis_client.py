@@ -105,6 +105,12 @@ def _script(name: str) -> _Script:
     return _Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
+def connection_lost(error: StoreError) -> bool:
+    """Whether ``error`` came of a connection that broke under the call (which may or may not
+    have run), not of a timeout or an answer."""
+    return isinstance(error.__cause__, _LOST)
+
+
 def failure(exc: BaseException, operation: str) -> StoreError:
     """The bastion error for a redis-py failure during ``operation``."""
     if isinstance(exc, _UNREACHABLE):
