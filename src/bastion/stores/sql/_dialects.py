@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -41,6 +41,7 @@ from bastion.stores.sql._schema import KEY_BYTES, TOKEN_BYTES, SQLTables
 
 __all__ = ["Dialect", "dialect_for"]
 
+T = TypeVar("T")
 Row = tuple[Any, ...]
 """A row as plain values, in the order of the statement that read it."""
 Decided = tuple[bool, int, int, int]
@@ -223,6 +224,19 @@ class Dialect:
         """Create this version's decision routine; safe when another process just did."""
         for ddl in self.tables.function_ddl(self.name):
             await conn.exec_driver_sql(ddl)
+
+    async def installing(
+        self, conn: AsyncConnection, statement: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """``statement(*args)``, after installing this version's routines if they are missing
+        (tables made by a migration, or by an older bastion)."""
+        try:
+            return await statement(*args)
+        except sa_exc.DBAPIError as exc:
+            if not self.missing_routine(exc):
+                raise
+            await self.install(conn)
+            return await statement(*args)
 
     def cleanup(self, table_name: str, now: int, batch: int) -> Delete:
         """Delete up to ``batch`` rows of the table that expired at ``now``."""

@@ -98,3 +98,15 @@ class SlotStatements:
                     count += 1
             decisions.append(SlotDecision(acquired, limit, count))
         return decisions
+
+    async def renew(
+        self, conn: AsyncConnection, keys: Sequence[Any], token: Any, now: int, until: int
+    ) -> bool:
+        """Extend ``token``'s live leases on ``keys`` (bound, distinct) to ``until``; False
+        when any of them was lost."""
+        params = {"s_keys": keys, "s_token": token, "s_now": now, "s_until": until}
+        return bool((await conn.execute(self.extend, params)).rowcount == len(keys))
+
+    async def release(self, conn: AsyncConnection, keys: Sequence[Any], token: Any) -> None:
+        """Give ``token``'s slots on ``keys`` (bound) back."""
+        await conn.execute(self.remove, {"s_keys": keys, "s_token": token})

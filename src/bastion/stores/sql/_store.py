@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import cached_property
 from typing import Any, Self, TypeVar
 
 import anyio
-from sqlalchemy import MetaData, inspect, text
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
@@ -23,10 +22,10 @@ from bastion.stores._protocols import (
     SlotDecision,
     SlotRequest,
 )
+from bastion.stores.sql._clock import StoreClock
 from bastion.stores.sql._dialects import PING, Decided, Dialect, decide_arguments, dialect_for
 from bastion.stores.sql._engine import build_engine
 from bastion.stores.sql._errors import CAUGHT, backoff, is_transient, wrap
-from bastion.stores.sql._functions import CLOCK_MS
 from bastion.stores.sql._schema import DEFAULT_PREFIX, define_tables
 from bastion.stores.sql._slots import LOCK_TOKEN, SlotStatements
 from bastion.typing import Clock
@@ -36,9 +35,6 @@ __all__ = ["SQLStore"]
 T = TypeVar("T")
 
 _ATTEMPTS = 5
-CLOCK_SYNC_INTERVAL = 30.0
-"""Seconds between two measures of the database clock's offset (hosts' clocks drift by
-milliseconds a minute at worst, and each measure costs one statement)."""
 
 
 class SQLStore:
@@ -102,13 +98,9 @@ class SQLStore:
         )
         # an in-memory SQLite database lives in one shared connection: take turns on it
         self._serial = anyio.Lock() if isinstance(engine.pool, StaticPool) else None
-        self._clock = time.time if clock is None else clock
-        self._on_database_clock = clock is None
-        self._read_clock = text(f"SELECT {CLOCK_MS[self._dialect.name]}")
-        self._offset_ms = 0
-        """The database's clock minus this host's, in ms (0 on a clock of the caller's)."""
-        self._offset_due = 0.0
-        """When (`time.monotonic`) the offset is measured again."""
+        self._time = StoreClock(self._dialect.name, clock)
+        self._now = self._time.now
+        self._decision_now = self._time.decision_now
         self.breaker = CircuitBreaker(name="sql store") if breaker is None else breaker
         """Skips the database after consecutive failures (see `CircuitBreaker`), so a dead
         database costs each request nothing once it is known to be down."""
@@ -119,13 +111,6 @@ class SQLStore:
         ``sqlite+aiosqlite:///path.db``, ``mysql+asyncmy://…``); a URL naming no driver gets
         the one above. ``engine_options`` go to `create_async_engine`."""
         return cls(url=url, **options)
-
-    def _now(self) -> int:
-        return int(self._clock() * 1000) + self._offset_ms
-
-    def _decision_now(self) -> int | None:
-        """The time a rate-limit decision is made at: None for the database's clock."""
-        return None if self._on_database_clock else self._now()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -169,8 +154,8 @@ class SQLStore:
         while True:
             try:
                 async with self._connect(transaction=not (single and self._autocommit)) as conn:
-                    if self._on_database_clock and time.monotonic() >= self._offset_due:
-                        await self._measure_offset(conn)
+                    if self._time.due():
+                        await self._time.measure(conn)
                     return await work(conn)
             except CAUGHT as exc:
                 attempt += 1
@@ -178,15 +163,6 @@ class SQLStore:
                     await anyio.sleep(backoff(attempt))
                     continue
                 raise wrap(exc, operation) from exc
-
-    async def _measure_offset(self, conn: AsyncConnection) -> None:
-        """The database clock's offset from this host's, taken as of the middle of the round
-        trip that read it (so within half a round trip)."""
-        before = self._clock()
-        database_ms = int((await conn.execute(self._read_clock)).scalar_one())
-        after = self._clock()
-        self._offset_ms = database_ms - round((before + after) * 500)
-        self._offset_due = time.monotonic() + CLOCK_SYNC_INTERVAL
 
     async def ping(self) -> None:
         async def work(conn: AsyncConnection) -> None:
@@ -260,27 +236,23 @@ class SQLStore:
 
     # -- idempotency ----------------------------------------------------------------------
 
-    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+    def _claim_params(self, key: str, fingerprint: str, token: str) -> dict[str, Any]:
         dialect = self._dialect
-        params: dict[str, Any] = {
+        return {
             "p_key": dialect.key(key),
             "p_token": dialect.token(token),
             "p_fingerprint": fingerprint,
         }
 
+    async def claim(self, key: str, fingerprint: str, token: str, *, lease_ms: int) -> Claim:
+        dialect = self._dialect
+        params = self._claim_params(key, fingerprint, token)
+
         async def work(conn: AsyncConnection) -> Claim | None:
             now = self._now()
             params["p_now"], params["p_until"] = now, now + lease_ms
             acquired, row = await dialect.claim(conn, params)
-            if acquired:
-                return Claim(True, fingerprint)
-            if row is None:
-                return None  # released between our two statements: try again
-            _, held_fingerprint, response, until = row
-            if response is None and until <= now:
-                return None  # its lease ran out between our two statements: try again
-            remaining = until - now if response is None else 0
-            return Claim(False, held_fingerprint, response, remaining)
+            return Claim(True, fingerprint) if acquired else _held_by_another(row, now)
 
         for _ in range(_ATTEMPTS):
             claim = await self._run("claim", work, single=True)
@@ -373,7 +345,7 @@ class SQLStore:
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
             rows, database_now = await dialect.lock_buckets(conn, ordered)
             # read after the locks, so it never runs behind a writer's
-            now = database_now if self._on_database_clock else self._now()
+            now = database_now if self._time.on_database else self._now()
             decisions: list[RateLimitDecision] = []
             writes: dict[Any, dict[str, Any]] = {}
             for one, key in zip(hits, keys, strict=True):
@@ -403,7 +375,7 @@ class SQLStore:
 
         async def work(conn: AsyncConnection) -> list[RateLimitDecision]:
             now = self._decision_now()
-            decided = await _installing(dialect, conn, dialect.decide, conn, hits, keys, now)
+            decided = await dialect.installing(conn, dialect.decide, conn, hits, keys, now)
             return _decisions(hits, decided)
 
         return await self._run("hit", work, single=True)
@@ -422,45 +394,37 @@ class SQLStore:
         dialect = self._dialect
         if not dialect.joins_claims:
             raise ConfigurationError(f"claim_and_hit is not one statement on {dialect.name}")
-        params: dict[str, Any] = {
-            "p_key": dialect.key(key),
-            "p_token": dialect.token(token),
-            "p_fingerprint": fingerprint,
-            **decide_arguments(hits, [dialect.key(one.key) for one in hits]),
-        }
+        params = self._claim_params(key, fingerprint, token)
+        params.update(decide_arguments(hits, [dialect.key(one.key) for one in hits]))
 
         async def work(conn: AsyncConnection) -> tuple[int, bool, Any, list[Decided]]:
             now = self._now()
             params["p_now"], params["p_until"] = now, now + lease_ms
             params["p_decide_now"] = self._decision_now()
-            answer = await _installing(dialect, conn, dialect.claim_and_decide, conn, params)
+            answer = await dialect.installing(conn, dialect.claim_and_decide, conn, params)
             return now, *answer
 
         now, acquired, row, decided = await self._run("claim", work, single=True)
         if acquired:
             return Claim(True, fingerprint), _decisions(hits, decided)
-        if row is not None and (row[2] is not None or row[3] > now):
-            _, held_fingerprint, response, until = row
-            remaining = 0 if response is not None else until - now
-            return Claim(False, held_fingerprint, response, remaining), []
+        held = _held_by_another(row, now)
+        if held is not None:
+            return held, []
         claim = await self.claim(key, fingerprint, token, lease_ms=lease_ms)
         return claim, await self.hit(hits) if claim.acquired else []
 
     # -- concurrency slots ----------------------------------------------------------------
 
+    @cached_property
     def _slot_statements(self) -> SlotStatements:
-        statements: SlotStatements | None = self.__dict__.get("_slots")
-        if statements is None:
-            statements = SlotStatements(self.tables.slots, self._dialect.name)
-            self.__dict__["_slots"] = statements
-        return statements
+        return SlotStatements(self.tables.slots, self._dialect.name)
 
     async def acquire_slots(
         self, slots: Sequence[SlotRequest], token: str, *, lease_ms: int
     ) -> list[SlotDecision]:
         if not slots:
             return []
-        statements = self._slot_statements()
+        statements = self._slot_statements
         dialect = self._dialect
         bound = [(dialect.key(key), limit) for key, limit in slots]
         mine, lock = dialect.token(token), dialect.token(LOCK_TOKEN)
@@ -474,46 +438,26 @@ class SQLStore:
     async def renew_slots(self, keys: Sequence[str], token: str, *, lease_ms: int) -> bool:
         if not keys:
             return True
-        statements = self._slot_statements()
+        statements = self._slot_statements
         bound = sorted({self._dialect.key(key) for key in keys})
 
         async def work(conn: AsyncConnection) -> bool:
             now = self._now()
-            params = {
-                "s_keys": bound,
-                "s_token": self._dialect.token(token),
-                "s_now": now,
-                "s_until": now + lease_ms,
-            }
-            return bool((await conn.execute(statements.extend, params)).rowcount == len(bound))
+            mine = self._dialect.token(token)
+            return await statements.renew(conn, bound, mine, now, now + lease_ms)
 
         return await self._run("renew_slots", work, single=True)
 
     async def release_slots(self, keys: Sequence[str], token: str) -> None:
         if not keys:
             return
-        statements = self._slot_statements()
+        statements = self._slot_statements
         bound = sorted({self._dialect.key(key) for key in keys})
 
         async def work(conn: AsyncConnection) -> None:
-            params = {"s_keys": bound, "s_token": self._dialect.token(token)}
-            await conn.execute(statements.remove, params)
+            await statements.release(conn, bound, self._dialect.token(token))
 
         await self._run("release_slots", work, single=True)
-
-
-async def _installing(
-    dialect: Dialect, conn: AsyncConnection, statement: Callable[..., Awaitable[T]], *args: Any
-) -> T:
-    """``statement(*args)``, after installing this version's routines if they are missing
-    (tables made by a migration, or by an older bastion)."""
-    try:
-        return await statement(*args)
-    except sa_exc.DBAPIError as exc:
-        if not dialect.missing_routine(exc):
-            raise
-        await dialect.install(conn)
-        return await statement(*args)
 
 
 def _decisions(hits: Sequence[RateLimitHit], decided: Sequence[Decided]) -> list[RateLimitDecision]:
@@ -521,3 +465,14 @@ def _decisions(hits: Sequence[RateLimitHit], decided: Sequence[Decided]) -> list
         RateLimitDecision(allowed, one.limit, remaining, reset, retry)
         for one, (allowed, remaining, reset, retry) in zip(hits, decided, strict=True)
     ]
+
+
+def _held_by_another(row: Any, now: int) -> Claim | None:
+    """The claim a held or stored record (as the claim statement read it) answers; None when
+    it was released, or its lease ran out, while the statement ran: claim again."""
+    if row is None:
+        return None
+    _, held_fingerprint, response, until = row
+    if response is None and until <= now:
+        return None
+    return Claim(False, held_fingerprint, response, until - now if response is None else 0)
