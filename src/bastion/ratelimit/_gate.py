@@ -190,11 +190,7 @@ class Gate:
         hits, tiers = mw._hits(self.view, self.tiers)
         if not hits:
             return True
-        fields = await mw._decide(self.scope, self.send, tiers, hits, self.group)
-        if fields is None:
-            return False
-        self.fields = fields
-        return True
+        return self._going_on(await mw._decide(self.scope, self.send, tiers, hits, self.group))
 
     def joint_hits(self) -> list[RateLimitHit] | None:
         if self.outer is not None or not self.mw._joint or self.group.featured or not self.tiers:
@@ -209,13 +205,9 @@ class Gate:
         self.settled = True
         assert self.joint is not None
         hits, tiers = self.joint
-        fields = await self.mw._decide(
-            self.scope, self.send, tiers, hits, self.group, charged=decisions
+        return self._going_on(
+            await self.mw._decide(self.scope, self.send, tiers, hits, self.group, charged=decisions)
         )
-        if fields is None:
-            return False
-        self.fields = fields
-        return True
 
     async def answered(self) -> bool:
         self.settled = True
@@ -229,7 +221,13 @@ class Gate:
             return True
         hit = tier.hits.get(key)
         hits = [tier.hit(key) if hit is None else hit]
-        fields = await self.mw._decide(self.scope, self.send, [tier], hits, shadow=tier.shadow)
+        return self._going_on(
+            await self.mw._decide(self.scope, self.send, [tier], hits, shadow=tier.shadow)
+        )
+
+    def _going_on(self, fields: Fields | None) -> bool:
+        """What a settlement answers for a charge `_decide` made: True to go on, with its
+        ``fields`` for the response; False when the limiter has answered (429 or 503)."""
         if fields is None:
             return False
         self.fields = fields
