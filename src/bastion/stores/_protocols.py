@@ -31,6 +31,7 @@ __all__ = [
     "Store",
     "TierValidatingStore",
     "TransactionalIdempotencyStore",
+    "claim_then_hit",
 ]
 
 
@@ -153,6 +154,21 @@ class ClaimHitStore(IdempotencyStore, RateLimitStore, Protocol):
         is atomic where the store can make it so (Redis: one script); where it cannot in a
         rare case (PostgreSQL taking over a lapsed lease), it is the two calls in order.
         """
+
+
+async def claim_then_hit(
+    store: Any,
+    key: str,
+    fingerprint: str,
+    token: str,
+    hits: Sequence[RateLimitHit],
+    *,
+    lease_ms: int,
+) -> tuple[Claim, list[RateLimitDecision]]:
+    """`ClaimHitStore.claim_and_hit` as the two calls it stands for, in order: what a store
+    falls back to where it cannot make them one step."""
+    claim: Claim = await store.claim(key, fingerprint, token, lease_ms=lease_ms)
+    return claim, await store.hit(hits) if claim.acquired else []
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ from bastion.stores._protocols import (
     RateLimitHit,
     SlotDecision,
     SlotRequest,
+    claim_then_hit,
 )
 from bastion.typing import Clock
 
@@ -394,8 +395,7 @@ class RedisStore:
             # the connection broke, so the script may have run: the claim is safe to send
             # again (this token's own claim answers taken), the hits go once more, so such a
             # request may be counted twice, never run twice
-            claim = await self.claim(key, fingerprint, token, lease_ms=lease_ms)
-            return claim, await self.hit(hits) if claim[0] else []
+            return await claim_then_hit(self, key, fingerprint, token, hits, lease_ms=lease_ms)
         claim = _claim(claimed, fingerprint)
         return claim, _decisions(hits, charged) if claim[0] else []
 

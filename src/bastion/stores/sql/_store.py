@@ -21,6 +21,7 @@ from bastion.stores._protocols import (
     RateLimitHit,
     SlotDecision,
     SlotRequest,
+    claim_then_hit,
 )
 from bastion.stores.sql._clock import StoreClock
 from bastion.stores.sql._dialects import PING, Decided, Dialect, decide_arguments, dialect_for
@@ -410,8 +411,7 @@ class SQLStore:
         held = _held_by_another(row, now)
         if held is not None:
             return held, []
-        claim = await self.claim(key, fingerprint, token, lease_ms=lease_ms)
-        return claim, await self.hit(hits) if claim.acquired else []
+        return await claim_then_hit(self, key, fingerprint, token, hits, lease_ms=lease_ms)
 
     # -- concurrency slots ----------------------------------------------------------------
 
